@@ -1,0 +1,239 @@
+"""One typed configuration for every job, service and the API.
+
+A profile is a YAML file in ``conf/`` (``local``, ``s3``) or any path. Values can be
+overridden with environment variables named ``TESSERA__SECTION__KEY`` (double
+underscores separate levels), e.g. ``TESSERA__REDIS__PORT=6400``. The text of an
+override is parsed as YAML, so ``6400`` is an int and ``[a, b]`` a list.
+
+``${data_dir}`` inside a string is replaced by the resolved ``data_dir`` so a profile
+can say where things live relative to one root. Relative ``data_dir`` is relative to the
+repository root (not the working directory), so a job started from anywhere finds the
+same lake.
+
+Any unknown key, missing value or wrong type raises :class:`ConfigError` naming the
+key and the file (or the environment variable) it came from.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+ENV_PREFIX = "TESSERA__"
+PROFILE_ENV = "TESSERA_PROFILE"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(4, ge=1)
+    ui_enabled: bool = False
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    # Free-form Spark settings for clusters (spark.executor.memory, jars, ...).
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+
+
+class S3Config(_Section):
+    """The S3-compatible endpoint: moto_server on loopback locally, real S3 in production."""
+
+    endpoint_url: str | None = None  # None means AWS itself
+    region: str = "us-east-1"
+    # Names of the environment variables holding the keys (never the keys themselves).
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    buckets: list[str] = Field(default_factory=list)
+
+
+class LakeConfig(_Section):
+    """The offline store: Delta tables under one root URI (local path or s3://bucket/prefix)."""
+
+    root: str
+    # arrow: executors write Parquet through pyarrow.fs and the driver commits with
+    # deltalake (works without any JVM jar); native: spark format("delta"), for clusters
+    # that ship delta-spark and hadoop-aws jars.
+    writer: Literal["arrow", "native"] = "arrow"
+
+
+class EventsConfig(_Section):
+    history_uri: str  # historical raw events (Parquet), local path or s3://
+    landing_dir: str  # live JSON-lines files land here
+    source: Literal["files", "kafka"] = "files"
+    kafka_bootstrap_servers: str | None = None
+
+
+class RedisConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6390, ge=1, le=65535)
+    db: int = Field(0, ge=0)
+    password_env: str = "TESSERA_REDIS_PASSWORD"
+    start_local: bool = True  # `tessera up` starts redis-server; False for a managed Redis
+
+
+class MlflowConfig(_Section):
+    scheme: Literal["http", "https"] = "http"
+    host: str = "127.0.0.1"
+    port: int = Field(5010, ge=1, le=65535)
+    backend_store_uri: str
+    artifacts_uri: str
+    start_local: bool = True
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+class S3ServiceConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9010, ge=1, le=65535)
+    start_local: bool = True
+
+
+class ServicesConfig(_Section):
+    s3: S3ServiceConfig = S3ServiceConfig()
+    start_timeout_s: float = Field(30.0, gt=0)
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8010, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    api_key_env: str = "TESSERA_API_KEY"
+    require_api_key: bool = False
+    max_entities: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    request_timeout_s: float = Field(2.0, gt=0)
+
+
+class Config(_Section):
+    profile: str
+    data_dir: Path
+    spark: SparkConfig = SparkConfig()
+    s3: S3Config = S3Config()
+    lake: LakeConfig
+    events: EventsConfig
+    redis: RedisConfig = RedisConfig()
+    mlflow: MlflowConfig
+    services: ServicesConfig = ServicesConfig()
+    serving: ServingConfig = ServingConfig()
+    source_file: Path | None = None
+
+    # ---- derived locations, all under data_dir -------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        """PID files, logs and generated secrets of the local services."""
+        return self.data_dir / "run"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    def storage_options(self) -> dict[str, str]:
+        """Options for deltalake / pyarrow to reach the lake (empty for local paths)."""
+        if not self.lake.root.startswith(("s3://", "s3a://")):
+            return {}
+        opts = {"AWS_REGION": self.s3.region}
+        key, secret = os.environ.get(self.s3.access_key_env), os.environ.get(self.s3.secret_key_env)
+        if self.s3.endpoint_url:
+            opts.update(AWS_ENDPOINT_URL=self.s3.endpoint_url, AWS_ALLOW_HTTP="true")
+            # moto accepts any key; real endpoints need the environment's.
+            key, secret = key or "testing", secret or "testing"
+        if key and secret:
+            opts.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
+        opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+        return opts
+
+    def redis_password(self) -> str:
+        from plumbing.secrets import redis_password
+
+        return redis_password(self)
+
+
+def _profile_path(profile_or_path: str | os.PathLike[str] | None) -> Path:
+    name = str(profile_or_path or os.environ.get(PROFILE_ENV) or "local")
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate.resolve()
+    path = CONF_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}: no file {path} (profiles: {', '.join(known)})")
+    return path
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, str]:
+    """Set TESSERA__A__B=value into raw["a"]["b"]; return {dotted key: env var name}."""
+    origins: dict[str, str] = {}
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in var[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            continue
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(keys)}: environment variable {var} sets a key inside "
+                                  f"{key!r}, which is not a section")
+            node = child
+        node[keys[-1]] = yaml.safe_load(text) if text != "" else ""
+        origins[".".join(keys)] = var
+    return origins
+
+
+def _substitute(value: Any, data_dir: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("${data_dir}", data_dir)
+    if isinstance(value, dict):
+        return {k: _substitute(v, data_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, data_dir) for v in value]
+    return value
+
+
+def load_config(profile_or_path: str | os.PathLike[str] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Load a profile (name in conf/ or a YAML path), apply env overrides, validate."""
+    path = _profile_path(profile_or_path)
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    origins = _apply_env_overrides(raw, environ)
+
+    data_dir = Path(str(raw.get("data_dir", ".tessera/" + path.stem)))
+    if not data_dir.is_absolute():
+        data_dir = REPO_ROOT / data_dir
+    raw["data_dir"] = str(data_dir)
+    raw = _substitute(raw, str(data_dir))
+    raw.setdefault("profile", path.stem)
+    raw["source_file"] = str(path)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            source = f"environment variable {origins[key]}" if key in origins else str(path)
+            got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {message}{got} [in {source}]")
+        raise ConfigError(f"invalid configuration {path}:\n  " + "\n  ".join(problems)) from None

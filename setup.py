@@ -1,0 +1,36 @@
+"""Tessera: a feature platform for machine learning (PySpark, Delta Lake, Feast, Redis, MLflow)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tessera",
+    version="0.1.0",
+    description="Features computed once with PySpark, stored in Delta Lake and Redis, validated, versioned and served.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["plumbing*", "jobs*", "transformations*", "expectations*", "serving*", "feature_repo*"]),
+    package_data={"": ["*.yaml"]},
+    install_requires=[
+        "pyspark==4.2.0",
+        "deltalake==1.6.6",
+        "pyarrow>=25,<26",
+        "pandas==2.3.3",
+        "numpy>=2.4,<2.5",
+        "feast[redis]==0.67.0",
+        "great-expectations==1.24.1",
+        "mlflow==3.17.2",
+        "fastapi>=0.165,<0.166",
+        "uvicorn[standard]>=0.54,<0.55",
+        "redis>=7,<8",  # feast 0.67 requires redis-py < 8
+        "boto3>=1.44,<1.45",
+        "moto[server]==5.2.5",
+        "pydantic>=2.13",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "scikit-learn>=1.9",
+        "matplotlib>=3.10",
+        "httpx>=0.28",
+    ],
+    extras_require={
+        "dev": ["pytest>=9", "chispa>=0.12", "duckdb>=2.0", "psutil>=7"],
+    },
+    entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
+)
