@@ -30,7 +30,7 @@ setup(
         "httpx>=0.28",
     ],
     extras_require={
-        "dev": ["pytest>=9", "chispa>=0.12", "duckdb>=2.0", "psutil>=7"],
+        "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7"],
     },
     entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
 )

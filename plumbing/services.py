@@ -9,6 +9,7 @@ and checks that nothing is left.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -331,12 +333,26 @@ def _services(cfg: Config, only: list[str] | None = None) -> list[_Service]:
     return [s for s in all_services if not only or s.name in only]
 
 
+@contextmanager
+def _exclusive(cfg: Config):
+    """One `up`/`down` at a time per profile: parallel test runs and jobs may call `up` at once."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.run_dir / "services.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up(cfg: Config, only: list[str] | None = None) -> list[str]:
-    return [service.up() for service in _services(cfg, only)]
+    with _exclusive(cfg):
+        return [service.up() for service in _services(cfg, only)]
 
 
 def down(cfg: Config, only: list[str] | None = None) -> list[str]:
-    return [service.down() for service in reversed(_services(cfg, only))]
+    with _exclusive(cfg):
+        return [service.down() for service in reversed(_services(cfg, only))]
 
 
 def status(cfg: Config, only: list[str] | None = None) -> list[ServiceStatus]:

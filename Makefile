@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up what is
+# missing first (OS packages when root, .venv, the project) and is idempotent.
+TESSERA := .venv/bin/tessera
+PROFILE ?= local
+
+.PHONY: setup demo test up down status bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(TESSERA) --profile $(PROFILE) demo
+
+test: setup
+	$(TESSERA) test
+
+up: setup
+	$(TESSERA) --profile $(PROFILE) up
+
+down:
+	$(TESSERA) --profile $(PROFILE) down
+
+status:
+	$(TESSERA) --profile $(PROFILE) status
+
+bench: setup
+	$(TESSERA) bench
+
+# Stops the services and deletes all local data (lake, Redis, MLflow) of the profile.
+clean: down
+	rm -rf .tessera/$(PROFILE)

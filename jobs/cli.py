@@ -1,0 +1,113 @@
+"""`tessera`: the one console command. Each subcommand is a job or a service action.
+
+    tessera [--profile local|s3|PATH] <command> [options]
+
+Jobs keep their own argument parsers (they are also run with `spark-submit jobs/X.py`
+and `python -m jobs.X`); this module only routes to them, so `tessera X --help` shows
+the job's own help.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from plumbing.config import PROFILE_ENV, REPO_ROOT, ConfigError, load_config
+from plumbing.services import SERVICE_NAMES, ServiceError
+
+# subcommand -> (module with main(argv), one-line help)
+JOBS = {
+    "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines)"),
+    "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
+    "demo": ("jobs.demo", "run the whole pipeline on the embedded default and print what it did"),
+}
+
+
+def _service_command(action: str, argv: list[str]) -> int:
+    from plumbing import services
+
+    parser = argparse.ArgumentParser(prog=f"tessera {action}",
+                                     description=f"{action} the local services of the active profile "
+                                                 "(Redis, S3 endpoint, MLflow server).")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SERVICE_NAMES)}")
+    args = parser.parse_args(argv)
+    only = [name for name in args.only.split(",") if name] or None
+    cfg = load_config()
+    if action == "status":
+        statuses = services.status(cfg, only)
+        for st in statuses:
+            print(st.line())
+        return 0 if all(st.healthy or not st.enabled for st in statuses) else 3
+    lines = services.up(cfg, only) if action == "up" else services.down(cfg, only)
+    for line in lines:
+        print(line)
+    if action == "up":
+        print(f"profile {cfg.profile}: MLflow UI at {cfg.mlflow.tracking_uri}, "
+              f"Redis at {cfg.redis.host}:{cfg.redis.port}")
+    return 0
+
+
+def _script_command(name: str, argv: list[str]) -> int:
+    """`tessera test` and `tessera bench` run the same scripts as `make test` / `make bench`."""
+    parser = argparse.ArgumentParser(
+        prog=f"tessera {name}",
+        description={"test": "run the test suite (pytest; extra arguments go to pytest)",
+                     "bench": "run every benchmark in bench/ and refresh bench/results"}[name])
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed through")
+    args = parser.parse_args(argv)
+    if name == "test":
+        command = [sys.executable, "-m", "pytest", *args.args]
+    else:
+        command = [sys.executable, str(REPO_ROOT / "bench" / "run_all.py"), *args.args]
+    return subprocess.call(command, cwd=REPO_ROOT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tessera",
+        description="Tessera feature platform: features computed once with PySpark, stored in Delta "
+                    "Lake (offline) and Redis (online), validated, versioned and served.")
+    parser.add_argument("--profile", help=f"config profile name in conf/ or a YAML path "
+                                           f"(default: ${PROFILE_ENV} or 'local')")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for action, text in (("up", "start the local services (idempotent)"),
+                         ("down", "stop the local services; leaves no process behind"),
+                         ("status", "show the local services and their health")):
+        sub.add_parser(action, help=text, add_help=False)
+    for name, (_, text) in JOBS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    sub.add_parser("test", help="run the test suite", add_help=False)
+    sub.add_parser("bench", help="run the benchmarks", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Split at the subcommand: options before it are ours, the rest belong to it.
+    commands = set(parser._subparsers._group_actions[0].choices)  # noqa: SLF001
+    split = next((i for i, arg in enumerate(argv) if arg in commands), len(argv))
+    args = parser.parse_args(argv[: split + 1])
+    rest = argv[split + 1:]
+    if args.profile:
+        os.environ[PROFILE_ENV] = args.profile
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        if args.command in ("up", "down", "status"):
+            return _service_command(args.command, rest)
+        if args.command in ("test", "bench"):
+            return _script_command(args.command, rest)
+        module = importlib.import_module(JOBS[args.command][0])
+        return int(module.main(rest) or 0)
+    except (ConfigError, ServiceError) as exc:
+        print(f"tessera: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
