@@ -152,7 +152,6 @@ class Config(_Section):
             key, secret = key or "testing", secret or "testing"
         if key and secret:
             opts.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
-        opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
         return opts
 
     def redis_password(self) -> str:
