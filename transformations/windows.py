@@ -1,0 +1,75 @@
+"""The window frames of every feature, named and explicit (semantics: the package docstring).
+
+Rows are ordered by ``EVENT_MICROS``, the event instant in microseconds since the epoch,
+so a range frame counts microseconds and ``-(W_micros - 1) .. 0`` is exactly
+``(t - W, t]``. Specs are built by functions, not module constants, because a
+WindowSpec needs a live Spark context.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pyspark.sql import Column, DataFrame, Window, WindowSpec
+from pyspark.sql import functions as F
+
+EVENT_TIME = "event_time"
+EVENT_TIMESTAMP = "event_timestamp"  # the output column: the row's instant
+EVENT_MICROS = "event_micros"        # the ordering key of every frame
+MICROS_PER_SECOND = 1_000_000
+
+WINDOW_1H = timedelta(hours=1)
+WINDOW_24H = timedelta(hours=24)
+WINDOW_7D = timedelta(days=7)
+WINDOW_30D = timedelta(days=30)
+
+
+def with_event_micros(events: DataFrame) -> DataFrame:
+    """``events`` plus ``EVENT_MICROS``: the exact ordering key of the frames below."""
+    return events.withColumn(EVENT_MICROS, F.unix_micros(F.col(EVENT_TIME)))
+
+
+def _micros(duration: timedelta) -> int:
+    return duration // timedelta(microseconds=1)
+
+
+def _by_instant(entity: str) -> WindowSpec:
+    return Window.partitionBy(entity).orderBy(EVENT_MICROS)
+
+
+def last(entity: str, duration: timedelta) -> WindowSpec:
+    """The entity's events in ``(t - duration, t]``."""
+    return _by_instant(entity).rangeBetween(-(_micros(duration) - 1), 0)
+
+
+def last_before(entity: str, duration: timedelta) -> WindowSpec:
+    """The entity's events in ``(t - duration, t)``: the window without the row's instant."""
+    return _by_instant(entity).rangeBetween(-(_micros(duration) - 1), -1)
+
+
+def same_instant(entity: str) -> WindowSpec:
+    """The entity's events at exactly ``t``: the events one row collapses."""
+    return _by_instant(entity).rangeBetween(0, 0)
+
+
+def all_up_to(entity: str) -> WindowSpec:
+    """The entity's events in ``(-inf, t]``: lifetime totals."""
+    return _by_instant(entity).rangeBetween(Window.unboundedPreceding, 0)
+
+
+def all_before(entity: str) -> WindowSpec:
+    """The entity's events in ``(-inf, t)``: the previous instant."""
+    return _by_instant(entity).rangeBetween(Window.unboundedPreceding, -1)
+
+
+def count_where(condition: Column, window: WindowSpec) -> Column:
+    """The number of events in ``window`` for which ``condition`` is true (bigint)."""
+    return F.count(F.when(condition, True)).over(window)
+
+
+def one_row_per_instant(per_event: DataFrame, entity: str) -> DataFrame:
+    """Collapse the events of one instant into one row.
+
+    Range frames give every event of an instant the same frame, so all window values
+    of those events are equal and any one of their rows is the instant's row.
+    """
+    return per_event.dropDuplicates([entity, EVENT_TIMESTAMP])
