@@ -140,9 +140,10 @@ class Config(_Section):
     def checkpoint_dir(self) -> Path:
         return self.data_dir / "checkpoints"
 
-    def storage_options(self) -> dict[str, str]:
-        """Options for deltalake / pyarrow to reach the lake (empty for local paths)."""
-        if not self.lake.root.startswith(("s3://", "s3a://")):
+    def storage_options(self, uri: str | None = None) -> dict[str, str]:
+        """Options for deltalake / pyarrow to reach ``uri`` (default: the lake root);
+        empty for local paths."""
+        if not (uri or self.lake.root).startswith(("s3://", "s3a://")):
             return {}
         opts = {"AWS_REGION": self.s3.region}
         key, secret = os.environ.get(self.s3.access_key_env), os.environ.get(self.s3.secret_key_env)

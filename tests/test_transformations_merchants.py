@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from chispa import assert_df_equality
 
-from transformations.catalog import MERCHANT_FEATURES, source_event_types, spark_schema
+from transformations.catalog import MERCHANT_FEATURES, spark_schema
 from transformations.merchants import merchant_features
 from transformations.schemas import CHARGEBACK_SCHEMA, TRANSACTION_SCHEMA
 
@@ -37,7 +37,7 @@ def expected(spark, rows):
 
 
 def test_build_reads_transactions_and_chargebacks():
-    assert source_event_types(MERCHANT_FEATURES) == ("transactions", "chargebacks")
+    assert MERCHANT_FEATURES.sources == ("transactions", "chargebacks")
 
 
 def test_empty_input_keeps_the_declared_schema_and_gives_no_rows(spark):

@@ -31,3 +31,4 @@ def test_column_and_python_twin_agree_on_null_zero_and_normal_cases(spark):
     by_case = {row["case"]: row["ratio"] for row in ratios.collect()}
     assert [by_case[i] for i in range(len(CASES))] == \
         [amount_to_mean_ratio_value(amount, mean) for amount, mean, _ in CASES]
+

@@ -2,9 +2,9 @@
 and transformation. The batch job, the validation suites, Feast and the online store
 read these specs; see the package docstring for what the windows and "as of" mean.
 
-A table's ``build`` takes one DataFrame per event type it reads, each parameter named
-after the event type (``transactions``, ``activity``, ``chargebacks``):
-:func:`source_event_types` lists them.
+A table's ``build`` takes one DataFrame per event type in its ``sources``, each
+parameter named after the event type (``transactions``, ``activity``, ``chargebacks``),
+so a caller can pass ``build(**{name: df_of[name] for name in table.sources})``.
 
 ttl (how long a row's values stay valid as of a later time): the table's longest
 window. Past it every window of the row has slid past all of its events, so an old row
@@ -14,14 +14,13 @@ table has one ttl, so the user's lifetime values expire with the row too.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from datetime import timedelta
 from pathlib import Path
 
 from pyspark.sql import types as T
 
 from transformations.merchants import merchant_features
-from transformations.schemas import ACTIVITY, CHARGEBACKS, EVENT_TYPES, TRANSACTIONS
+from transformations.schemas import ACTIVITY, CHARGEBACKS, TRANSACTIONS
 from transformations.tables import Feature, FeatureTable
 from transformations.user_activity import user_activity_features
 from transformations.user_transactions import user_transaction_features
@@ -53,7 +52,7 @@ USER_TRANSACTION_FEATURES = FeatureTable(
     name="user_transaction_features",
     entity_column="user_id",
     timestamp_column=EVENT_TIMESTAMP,
-    source=TRANSACTIONS,
+    sources=(TRANSACTIONS,),
     features=(
         *[by_statistic[statistic] for statistic in ("count", "sum", "mean", "max", "std")
           for by_statistic in _TXN_WINDOWS],
@@ -91,7 +90,7 @@ USER_ACTIVITY_FEATURES = FeatureTable(
     name="user_activity_features",
     entity_column="user_id",
     timestamp_column=EVENT_TIMESTAMP,
-    source=ACTIVITY,
+    sources=(ACTIVITY,),
     features=tuple(_activity_feature(name, what, window)
                    for name, what in _ACTIVITY_KINDS for window in ("1h", "24h")),
     ttl=timedelta(days=1),
@@ -102,8 +101,7 @@ MERCHANT_FEATURES = FeatureTable(
     name="merchant_features",
     entity_column="merchant_id",
     timestamp_column=EVENT_TIMESTAMP,
-    # Also reads chargebacks (FeatureTable has one source field): see source_event_types.
-    source=TRANSACTIONS,
+    sources=(TRANSACTIONS, CHARGEBACKS),
     features=(
         Feature("merchant_txn_count_30d", "bigint",
                 "Transactions in the last 30 days, window (t - 30d, t]."),
@@ -124,11 +122,6 @@ FEATURE_TABLES: dict[str, FeatureTable] = {
 }
 
 _SPARK_TYPES = {"bigint": T.LongType(), "double": T.DoubleType()}
-
-
-def source_event_types(table: FeatureTable) -> tuple[str, ...]:
-    """The event types ``table.build`` reads, in its parameter order."""
-    return tuple(name for name in inspect.signature(table.build).parameters if name in EVENT_TYPES)
 
 
 def spark_schema(table: FeatureTable) -> T.StructType:

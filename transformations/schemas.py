@@ -54,3 +54,5 @@ SCHEMAS = {TRANSACTIONS: TRANSACTION_SCHEMA, ACTIVITY: ACTIVITY_SCHEMA, CHARGEBA
 
 ACTIVITY_TYPES = ("login", "page_view", "session_start")
 CHANNELS = ("web", "app", "pos")
+# ISO 4217 codes the platform accepts in transactions.currency.
+CURRENCIES = ("AUD", "BRL", "CAD", "CHF", "DKK", "EUR", "GBP", "INR", "JPY", "NOK", "PLN", "SEK", "USD")

@@ -25,10 +25,10 @@ class FeatureTable:
     name: str                      # the Delta table and Feast feature view name
     entity_column: str             # user_id | merchant_id
     timestamp_column: str          # event_timestamp: the instant the row's values hold from
-    source: str                    # the event type it is computed from (schemas.EVENT_TYPES)
+    sources: tuple[str, ...]       # the event types `build` reads, in its parameter order
     features: tuple[Feature, ...]
     ttl: timedelta                 # a value older than this is expired (null) as of a time T
-    build: Callable[..., DataFrame]  # the transformation: events DataFrame(s) -> this table
+    build: Callable[..., DataFrame]  # the transformation: one DataFrame per source -> this table
 
     @property
     def feature_names(self) -> list[str]:

@@ -1,0 +1,21 @@
+"""The catalog is the one declaration of each feature table: it must agree with the code."""
+import inspect
+
+from transformations.catalog import FEATURE_TABLES, definitions_hash
+
+
+def test_every_table_declares_exactly_the_sources_its_build_reads():
+    for table in FEATURE_TABLES.values():
+        assert tuple(inspect.signature(table.build).parameters)[: len(table.sources)] == table.sources, table.name
+
+
+def test_feature_names_are_unique_across_tables_and_carry_a_window_or_scope():
+    names = [name for table in FEATURE_TABLES.values() for name in table.feature_names]
+    assert len(names) == len(set(names))
+    scoped = ("_1h", "_24h", "_7d", "_30d", "_lifetime_", "_since_prev", "_ratio")
+    assert all(any(part in name for part in scoped) for name in names), names
+
+
+def test_definitions_hash_is_stable_sha256():
+    assert definitions_hash() == definitions_hash()
+    assert len(definitions_hash()) == 64
