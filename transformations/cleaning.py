@@ -122,6 +122,8 @@ def validate_typed_events(df: DataFrame, event_type: str, now: Column | dt.datet
                           max_future: dt.timedelta = DEFAULT_MAX_FUTURE) -> DataFrame:
     """Check typed rows (e.g. read from Parquet) and add ``raw`` and ``reject_reason``.
 
+    Columns beyond the declared ones are kept, after them, unchecked.
+
     Typed files cannot hold broken JSON, so the reasons here are ``missing_field`` (null
     in a required column), ``wrong_type`` (a column stored with another type whose values
     do not cast), ``negative_amount`` and ``future_timestamp``. ``raw`` is the row as JSON
@@ -148,8 +150,10 @@ def validate_typed_events(df: DataFrame, event_type: str, now: Column | dt.datet
 
     reason = _first_reason(reasons)
     original_row = F.to_json(F.struct(*[F.col(f.name) for f in schema.fields]))
+    passed_through = [F.col(name) for name in df.columns if name not in schema.fieldNames()]
     return df.select(
         *[typed[f.name].alias(f.name) for f in schema.fields],
+        *passed_through,  # e.g. where the row came from; the checks ignore them
         F.when(reason.isNotNull(), original_row).alias(RAW),
         reason.alias(REJECT_REASON),
     )

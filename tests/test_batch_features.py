@@ -1,0 +1,148 @@
+"""The batch feature job end to end, on real files, real Delta tables, real MLflow:
+both profiles, the validation gate, re-runs, dead letters, spark-submit."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+
+import mlflow
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import batch_features, generate_events
+from plumbing import tracking
+from plumbing.config import REPO_ROOT, load_config
+from plumbing.lake import LakeTable
+from transformations.catalog import FEATURE_TABLES
+
+START, END = date(2026, 1, 1), date(2026, 1, 4)
+NOW = datetime(2026, 1, 4, tzinfo=timezone.utc)
+EVENTS = 3000
+
+
+def _cfg(profile: str, lake_root: str, history_uri: str):
+    return load_config(profile, environ={**os.environ, "TESSERA__LAKE__ROOT": lake_root,
+                                         "TESSERA__EVENTS__HISTORY_URI": history_uri})
+
+
+def _generate(cfg, *extra: str) -> None:
+    code = generate_events.main(["history", "--out", cfg.events.history_uri, "--profile", cfg.profile,
+                                 "--events", str(EVENTS), "--days", "3", "--start-date", START.isoformat(),
+                                 "--partition-by-date", "--overwrite", "--no-progress", "--seed", "7", *extra])
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def local_run(local_services, spark, tmp_path_factory):
+    """One published run on the local profile, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("batch")
+    cfg = _cfg("local", str(root / "lake"), str(root / "history"))
+    _generate(cfg)
+    results = batch_features.run(cfg, START, END, now=NOW, online=False, spark=spark)
+    return cfg, results
+
+
+def test_every_table_is_published_with_one_row_per_entity_instant(local_run, spark):
+    cfg, results = local_run
+    assert [r.table for r in results] == list(FEATURE_TABLES)
+    assert all(r.published and r.delta_version == 0 for r in results)
+    for result in results:
+        table = FEATURE_TABLES[result.table]
+        df = LakeTable.for_config(cfg, table.name, time_column=table.timestamp_column).read(spark)
+        assert df.count() == result.row_count > 0
+        assert df.select(table.entity_column, table.timestamp_column).distinct().count() == result.row_count
+        assert df.agg(F.min(table.timestamp_column)).first()[0] >= datetime(2026, 1, 1)
+
+
+def test_runs_are_findable_by_table_and_version_with_lineage(local_run):
+    cfg, results = local_run
+    result = results[0]
+    runs = tracking.find_runs(cfg, result.table, delta_version=0)
+    assert result.run_id in [run.info.run_id for run in runs]
+    run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["row_count"] == result.row_count
+    assert run.data.metrics["validation_success"] == 1.0
+    assert len(run.data.tags["feature_definitions_hash"]) == 64
+    assert run.data.tags["range_start"].startswith("2026-01-01")
+    artifacts = {a.path for a in mlflow.MlflowClient(cfg.mlflow.tracking_uri).list_artifacts(result.run_id)}
+    assert "schema.json" in artifacts and "validation" in artifacts
+
+
+def test_rerunning_the_same_range_leaves_no_duplicates(local_run, spark):
+    cfg, first = local_run
+    again = batch_features.run(cfg, START, END, now=NOW, online=False, spark=spark,
+                               tables=["user_activity_features"])
+    before = next(r for r in first if r.table == "user_activity_features")
+    assert again[0].published and again[0].delta_version == before.delta_version + 1
+    table = LakeTable.for_config(cfg, "user_activity_features", time_column="event_timestamp")
+    assert table.read(spark).count() == before.row_count
+    assert table.read(spark, version=before.delta_version).count() == before.row_count
+
+
+def test_failed_validation_keeps_the_previous_version_and_fails_the_run(local_run, spark):
+    cfg, first = local_run
+    published = next(r for r in first if r.table == "merchant_features")
+    table = LakeTable.for_config(cfg, "merchant_features", time_column="event_timestamp")
+    version_before = table.version()
+    # Zero freshness tolerance: the newest row must be at the very end of the range, which
+    # it never is, so the freshness expectation fails.
+    results = batch_features.run(cfg, START, END, now=NOW, online=False, spark=spark,
+                                 tables=["merchant_features"], freshness_tolerance=timedelta(0))
+    assert not results[0].published
+    assert any("expect_column_max_to_be_between" in failure for failure in results[0].failures)
+    assert table.version() == version_before
+    assert table.read(spark).count() == published.row_count
+    run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(results[0].run_id)
+    assert run.info.status == "FAILED"
+    assert "expect_column_max_to_be_between" in run.data.tags["failure_reason"]
+
+
+def test_malformed_rows_go_to_the_dead_letter_table_exactly_once(local_services, spark, tmp_path):
+    cfg = _cfg("local", str(tmp_path / "lake"), str(tmp_path / "history"))
+    _generate(cfg, "--malformed-fraction", "0.01")
+    both_sources = ["user_transaction_features", "user_activity_features"]  # chargebacks are never malformed
+    for _ in range(2):  # the re-run replaces the dead letters of the range
+        batch_features.run(cfg, START, END, now=NOW, online=False, spark=spark, tables=both_sources)
+    dead = LakeTable.for_config(cfg, "dead_letter_activity", time_column="filed_at").read(spark)
+    malformed_activity = dead.count()
+    dead_txn = LakeTable.for_config(cfg, "dead_letter_transactions", time_column="filed_at").read(spark)
+    assert malformed_activity + dead_txn.count() == round(0.01 * EVENTS)
+    assert dead.where(F.col("reject_reason").isNull() | F.col("raw").isNull()).count() == 0
+
+
+def test_too_many_malformed_rows_stop_the_job_before_publishing(local_services, spark, tmp_path):
+    cfg = _cfg("local", str(tmp_path / "lake"), str(tmp_path / "history"))
+    _generate(cfg, "--malformed-fraction", "0.2")
+    with pytest.raises(batch_features.ValidationFailed, match="reject fraction"):
+        batch_features.run(cfg, START, END, now=NOW, online=False, spark=spark, tables=["user_activity_features"])
+    assert not LakeTable.for_config(cfg, "user_activity_features").exists()
+
+
+def test_s3_profile_reads_history_and_writes_the_lake_on_the_endpoint(s3_services, spark):
+    prefix = f"tests/batch-{os.getpid()}-{datetime.now().strftime('%H%M%S%f')}"
+    bucket = s3_services.s3.buckets[0]
+    cfg = _cfg("s3", f"s3://{bucket}/{prefix}/lake", f"s3://{bucket}/{prefix}/history")
+    _generate(cfg)
+    results = batch_features.run(cfg, START, END, now=NOW, online=False, spark=spark,
+                                 tables=["user_transaction_features"])
+    assert results[0].published
+    table = LakeTable.for_config(cfg, "user_transaction_features", time_column="event_timestamp")
+    assert table.uri.startswith("s3://")
+    assert table.read(spark).count() == results[0].row_count > 0
+
+
+def test_job_runs_under_spark_submit_and_exits_1_on_failed_validation(local_run):
+    cfg, _ = local_run
+    env = {**os.environ, "TESSERA__LAKE__ROOT": cfg.lake.root,
+           "TESSERA__EVENTS__HISTORY_URI": cfg.events.history_uri, "PYSPARK_PYTHON": sys.executable}
+    spark_submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    done = subprocess.run([spark_submit, "--master", "local[1]", "jobs/batch_features.py", "--profile", "local",
+                           "--start", START.isoformat(), "--end", END.isoformat(), "--tables", "merchant_features",
+                           "--now", NOW.isoformat(), "--no-online", "--freshness-tolerance-hours", "0"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "merchant_features failed validation" in done.stderr
+    assert "expect_column_max_to_be_between" in done.stderr
