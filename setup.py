@@ -14,7 +14,7 @@ setup(
         "pyarrow>=25,<26",
         "pandas==2.3.3",
         "numpy>=2.4,<2.5",
-        "feast[redis]==0.67.0",
+        "feast[redis,duckdb]==0.67.0",
         "great-expectations==1.24.1",
         "mlflow==3.17.2",
         "fastapi>=0.165,<0.166",

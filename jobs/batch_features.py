@@ -179,8 +179,10 @@ def publish_table(cfg: Config, table: FeatureTable, sources: dict[str, DataFrame
         if online:
             from plumbing.online_store import write_dataframe_online
 
-            written = write_dataframe_online(features, table, cfg)
-            mlflow.log_metric("online_rows_written", written)
+            online_result = write_dataframe_online(features, table, cfg)
+            mlflow.log_metrics({"online_rows_written": online_result.written,
+                                "online_rows_skipped_older": online_result.skipped_older,
+                                "online_rows_skipped_expired": online_result.skipped_expired})
         features.unpersist()
         return TableResult(table.name, True, version, row_count, run.info.run_id, [])
 

@@ -43,7 +43,7 @@ def _show_online_sample(cfg: Config) -> None:
     refs = ["user_transaction_features:txn_count_24h", "user_transaction_features:txn_amount_mean_7d",
             "user_activity_features:failed_logins_24h"]
     for entity in ("u000001", "u000002"):
-        answer = reader.read("user_id", [entity], refs)[0]
+        answer = reader.read(refs, [{"user_id": entity}])[0]
         shown = ", ".join(f"{ref.split(':')[1]}={value.value!r} ({value.status})" for ref, value in answer.items())
         print(f"  user {entity}: {shown}")
 

@@ -117,7 +117,9 @@ def test_cli_status_reports_and_help_works(local_services):
     out = subprocess.run([*tessera, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "redis" in out.stdout and "healthy" in out.stdout
-    for command in ("up", "down", "status", "generate", "batch-features", "demo", "test", "bench"):
+    from jobs.cli import JOBS
+
+    for command in ("up", "down", "status", *JOBS, "test", "bench"):
         help_out = subprocess.run([*tessera, command, "--help"], capture_output=True, text=True,
                                   cwd=REPO_ROOT, env=env, timeout=120)
         assert help_out.returncode == 0, (command, help_out.stderr)

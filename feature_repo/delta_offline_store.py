@@ -1,0 +1,141 @@
+"""Feast's DuckDB offline store, reading the lake's Delta tables through ``deltalake``.
+
+Why not a stock offline store: Feast's DuckDB store reads Delta with DuckDB's ``delta``
+extension, which DuckDB downloads at run time (no network here), and the ``file`` (dask)
+store reads a Delta folder as plain Parquet, files removed from the table included.
+``deltalake`` reads the table's current snapshot (its log), on a local path or S3.
+
+Used through ``feature_store.yaml``::
+
+    offline_store:
+      type: feature_repo.delta_offline_store.DeltaOfflineStore
+
+On S3, the ``storage_options`` of that section (written from the profile by
+``plumbing.feast_repo``: region, endpoint, keys) reach deltalake.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+
+import ibis
+import pandas as pd
+from deltalake import DeltaTable
+from feast.data_format import DeltaFormat
+from feast.data_source import DataSource
+from feast.feature_view import FeatureView
+from feast.infra.offline_stores import duckdb as feast_duckdb
+from feast.infra.offline_stores.file_source import FileSource
+from feast.infra.offline_stores.ibis import (
+    get_historical_features_ibis,
+    pull_all_from_table_or_query_ibis,
+    pull_latest_from_table_or_query_ibis,
+)
+from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.repo_config import RepoConfig
+from pydantic import StrictStr
+
+
+def read_data_source(data_source: DataSource, repo_path: str, storage_options: dict[str, str]) -> ibis.Table:
+    """A Delta source as a lazy ibis table over its current snapshot; others as Feast reads them."""
+    if not (isinstance(data_source, FileSource) and isinstance(data_source.file_format, DeltaFormat)):
+        return feast_duckdb._read_data_source(data_source, repo_path)
+    path = FileSource.get_uri_for_file_path(repo_path, data_source.path)
+    snapshot = DeltaTable(path, storage_options=storage_options or None).to_pyarrow_dataset()
+    # DuckDB scans the Arrow dataset in place, with column and filter push-down.
+    return ibis.memtable(snapshot)
+
+
+def _reader(config: RepoConfig):
+    """:func:`read_data_source` as Feast calls a reader, (source, repo path), with the
+    store's storage options bound."""
+    return partial(read_data_source, storage_options=config.offline_store.storage_options)
+
+
+class DeltaOfflineStoreConfig(feast_duckdb.DuckDBOfflineStoreConfig):
+    type: StrictStr = "feature_repo.delta_offline_store.DeltaOfflineStore"
+    storage_options: dict[str, str] = {}  # deltalake's, e.g. AWS_ENDPOINT_URL; empty for local paths
+
+
+class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
+    """The three reads of Feast's DuckDB store (training sets, materialization), each
+    calling Feast's own ibis implementation with :func:`read_data_source`."""
+
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: pd.DataFrame | str,
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        filter_by_created_timestamp: bool = False,
+    ) -> RetrievalJob:
+        return get_historical_features_ibis(
+            config=config,
+            feature_views=feature_views,
+            feature_refs=feature_refs,
+            entity_df=entity_df,
+            registry=registry,
+            project=project,
+            full_feature_names=full_feature_names,
+            data_source_reader=_reader(config),
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=config.offline_store.staging_location,
+            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            filter_by_created_timestamp=filter_by_created_timestamp,
+        )
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        return pull_latest_from_table_or_query_ibis(
+            config=config,
+            data_source=data_source,
+            join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns,
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column,
+            start_date=start_date,
+            end_date=end_date,
+            data_source_reader=_reader(config),
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=config.offline_store.staging_location,
+            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+        )
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> RetrievalJob:
+        return pull_all_from_table_or_query_ibis(
+            config=config,
+            data_source=data_source,
+            join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns,
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column,
+            start_date=start_date,
+            end_date=end_date,
+            data_source_reader=_reader(config),
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=config.offline_store.staging_location,
+            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+        )
