@@ -14,25 +14,24 @@ import argparse
 import os
 import sys
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
+
+import pyarrow.fs as pafs
 
 from plumbing import services
 from plumbing.config import Config, load_config
-from plumbing.lake import table_uri
+from plumbing.lake import filesystem_and_root, table_uri
 from transformations.catalog import FEATURE_TABLES
-
-START_DATE = date(2026, 1, 1)
 
 
 def _step(number: int, text: str) -> None:
     print(f"\n== {number}. {text}", flush=True)
 
 
-def _history_exists(cfg: Config) -> bool:
-    from plumbing.lake import filesystem_and_root
-    import pyarrow.fs as pafs
-
-    filesystem, root = filesystem_and_root(f"{cfg.events.history_uri}/transactions", cfg.storage_options())
+def _history_exists(cfg: Config, start: date) -> bool:
+    """True when the history of this period is there (its first day's folder exists)."""
+    uri = f"{cfg.events.history_uri}/transactions/date={start.isoformat()}"
+    filesystem, root = filesystem_and_root(uri, cfg.storage_options(uri))
     return filesystem.get_file_info(root).type == pafs.FileType.Directory
 
 
@@ -58,17 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.profile)
     started = time.monotonic()
+    # History ends at today's midnight (UTC), so the newest values are within their ttl
+    # online; the period is fixed per day, and so is the generated data.
+    end = datetime.now(timezone.utc).date()
+    start = end - timedelta(days=args.days)
 
     _step(1, f"services of profile {cfg.profile}")
     for line in services.up(cfg):
         print(f"  {line}")
 
     _step(2, "raw event history")
-    if args.fresh or not _history_exists(cfg):
+    if args.fresh or not _history_exists(cfg, start):
         from jobs import generate_events
 
         code = generate_events.main(["history", "--profile", args.profile, "--events", str(args.events),
-                                     "--days", str(args.days), "--start-date", START_DATE.isoformat(),
+                                     "--days", str(args.days), "--start-date", start.isoformat(),
                                      "--seed", str(args.seed), "--partition-by-date", "--overwrite"])
         if code:
             return code
@@ -78,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     _step(3, "batch features: compute, validate, publish (Delta + Redis), track (MLflow)")
     from jobs import batch_features
 
-    end = START_DATE + timedelta(days=args.days)
-    code = batch_features.main(["--profile", args.profile, "--start", START_DATE.isoformat(),
-                                "--end", end.isoformat()])
+    code = batch_features.main(["--profile", args.profile, "--start", start.isoformat(), "--end", end.isoformat()])
     if code:
         return code
 
