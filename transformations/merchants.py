@@ -43,10 +43,8 @@ def merchant_features(transactions: DataFrame, chargebacks: DataFrame) -> DataFr
         .select(F.col(MERCHANT_ID), F.col(EVENT_TIME), F.lit(False).alias("is_transaction"))
     )
     events = windows.with_event_micros(transaction_events.unionByName(chargeback_events))
-    last_30d = windows.last(MERCHANT_ID, windows.WINDOW_30D)
-
-    txn_count = windows.count_where(F.col("is_transaction"), last_30d)
-    chargeback_count = windows.count_where(~F.col("is_transaction"), last_30d)
+    txn_count = windows.count_in_last(F.col("is_transaction"), MERCHANT_ID, windows.WINDOW_30D)
+    chargeback_count = windows.count_in_last(~F.col("is_transaction"), MERCHANT_ID, windows.WINDOW_30D)
     per_event = events.select(
         F.col(MERCHANT_ID),
         F.col(EVENT_TIME).alias(EVENT_TIMESTAMP),

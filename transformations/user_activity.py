@@ -42,10 +42,7 @@ def user_activity_features(activity: DataFrame) -> DataFrame:
         )
         .dropDuplicates(["event_id"])  # a replayed event counts once
     )
-    trailing = {
-        "1h": windows.last(USER_ID, windows.WINDOW_1H),
-        "24h": windows.last(USER_ID, windows.WINDOW_24H),
-    }
+    trailing = {"1h": windows.WINDOW_1H, "24h": windows.WINDOW_24H}
     is_login = F.col("activity_type") == "login"
     is_failed_login = is_login & (F.col("success") == F.lit(False))
     is_page_view = F.col("activity_type") == "page_view"
@@ -54,10 +51,10 @@ def user_activity_features(activity: DataFrame) -> DataFrame:
     per_event = events.select(
         F.col(USER_ID),
         F.col(EVENT_TIME).alias(EVENT_TIMESTAMP),
-        *[windows.count_where(is_login, w).alias(f"logins_{name}") for name, w in trailing.items()],
-        *[windows.count_where(is_failed_login, w).alias(f"failed_logins_{name}")
+        *[windows.count_in_last(is_login, USER_ID, w).alias(f"logins_{name}") for name, w in trailing.items()],
+        *[windows.count_in_last(is_failed_login, USER_ID, w).alias(f"failed_logins_{name}")
           for name, w in trailing.items()],
-        *[windows.count_where(is_page_view, w).alias(f"page_views_{name}") for name, w in trailing.items()],
-        *[windows.count_where(is_session_start, w).alias(f"sessions_{name}") for name, w in trailing.items()],
+        *[windows.count_in_last(is_page_view, USER_ID, w).alias(f"page_views_{name}") for name, w in trailing.items()],
+        *[windows.count_in_last(is_session_start, USER_ID, w).alias(f"sessions_{name}") for name, w in trailing.items()],
     )
     return windows.one_row_per_instant(per_event, USER_ID).select(*COLUMNS)

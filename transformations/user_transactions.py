@@ -57,6 +57,9 @@ COLUMNS = [
 ]
 
 
+WINDOWS = {"1h": windows.WINDOW_1H, "24h": windows.WINDOW_24H, "7d": windows.WINDOW_7D}
+
+
 def user_transaction_features(transactions: DataFrame,
                               lifetime_baseline: DataFrame | None = None) -> DataFrame:
     """The user transaction feature table of ``transactions`` (``TRANSACTION_SCHEMA``).
@@ -83,11 +86,7 @@ def user_transaction_features(transactions: DataFrame,
     )
     events = windows.with_event_micros(_with_lifetime_baseline(transactions, lifetime_baseline))
 
-    trailing = {
-        "1h": windows.last(USER_ID, windows.WINDOW_1H),
-        "24h": windows.last(USER_ID, windows.WINDOW_24H),
-        "7d": windows.last(USER_ID, windows.WINDOW_7D),
-    }
+    trailing = {name: windows.last(USER_ID, duration) for name, duration in WINDOWS.items()}
     prior_7d = windows.last_before(USER_ID, windows.WINDOW_7D)
     same_instant = windows.same_instant(USER_ID)
     all_up_to = windows.all_up_to(USER_ID)
@@ -104,15 +103,26 @@ def user_transaction_features(transactions: DataFrame,
         F.when(not_in_baseline, F.unix_micros(F.col("baseline_until"))),
     )
 
+    # Counts, sums and sums of squares as differences of running totals (see
+    # windows.count_in_last): mean and std follow from them. Max and distinct counts
+    # cannot be subtracted, so they keep sliding frames (a user's windows are short).
+    amounts_known = {name: windows.count_in_last(amount.isNotNull(), USER_ID, duration)
+                     for name, duration in WINDOWS.items()}
+    amount_sums = {name: windows.sum_in_last(amount, USER_ID, duration) for name, duration in WINDOWS.items()}
+    squared_sums = {name: windows.sum_in_last(amount * amount, USER_ID, duration)
+                    for name, duration in WINDOWS.items()}
+
     per_event = events.select(
         F.col(USER_ID),
         F.col(EVENT_TIME).alias(EVENT_TIMESTAMP),
-        *[F.count(F.lit(1)).over(w).alias(f"txn_count_{name}") for name, w in trailing.items()],
-        *[F.coalesce(F.sum(amount).over(w), F.lit(0.0)).alias(f"txn_amount_sum_{name}")
-          for name, w in trailing.items()],
-        *[F.avg(amount).over(w).alias(f"txn_amount_mean_{name}") for name, w in trailing.items()],
+        *[windows.count_in_last(F.lit(True), USER_ID, duration).alias(f"txn_count_{name}")
+          for name, duration in WINDOWS.items()],
+        *[amount_sums[name].alias(f"txn_amount_sum_{name}") for name in WINDOWS],
+        *[F.when(amounts_known[name] > 0, amount_sums[name] / amounts_known[name])
+          .alias(f"txn_amount_mean_{name}") for name in WINDOWS],
         *[F.max(amount).over(w).alias(f"txn_amount_max_{name}") for name, w in trailing.items()],
-        *[F.stddev_samp(amount).over(w).alias(f"txn_amount_std_{name}") for name, w in trailing.items()],
+        *[_sample_std(amounts_known[name], amount_sums[name], squared_sums[name])
+          .alias(f"txn_amount_std_{name}") for name in WINDOWS],
         F.size(F.collect_set("merchant_id").over(trailing["24h"])).cast("bigint")
         .alias("txn_distinct_merchants_24h"),
         F.size(F.collect_set("country").over(trailing["24h"])).cast("bigint")
@@ -124,6 +134,13 @@ def user_transaction_features(transactions: DataFrame,
         F.when(not_in_baseline, lifetime_spend).alias("txn_lifetime_spend"),
     )
     return windows.one_row_per_instant(per_event, USER_ID).select(*COLUMNS)
+
+
+def _sample_std(known: Column, total: Column, squared_total: Column) -> Column:
+    """Sample standard deviation from n, sum and sum of squares; null below two values.
+    Rounding can push a zero variance a hair below 0: clamp it."""
+    variance = (squared_total - total * total / known) / (known - 1)
+    return F.when(known > 1, F.sqrt(F.greatest(variance, F.lit(0.0))))
 
 
 def _with_lifetime_baseline(transactions: DataFrame, lifetime_baseline: DataFrame | None) -> DataFrame:
