@@ -19,7 +19,7 @@ TABLE = FeatureTable(
     name="test_user_features",
     entity_column="user_id",
     timestamp_column="event_timestamp",
-    source=schemas.TRANSACTIONS,
+    sources=(schemas.TRANSACTIONS,),
     features=(
         Feature("txn_count_1h", "bigint", "transactions in the last hour", 0, 1000),
         Feature("txn_amount_sum_24h", "double", "spend in the last 24 h", 0.0, None),

@@ -29,7 +29,7 @@ def unique_table_name(prefix: str) -> str:
 
 def small_table(name: str) -> FeatureTable:
     return FeatureTable(
-        name=name, entity_column="merchant_id", timestamp_column="event_timestamp", source="transactions",
+        name=name, entity_column="merchant_id", timestamp_column="event_timestamp", sources=("transactions",),
         features=(Feature("merchant_txn_count_30d", "bigint", "transactions in 30 days", 0, 100),),
         ttl=timedelta(days=30), build=lambda events: events)
 
