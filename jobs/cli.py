@@ -21,9 +21,6 @@ from plumbing.services import SERVICE_NAMES, ServiceError
 JOBS = {
     "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines)"),
     "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
-    "stream-features": ("jobs.stream_features", "stream the landing zone into the online store (Redis)"),
-    "consistency-check": ("jobs.consistency_check", "compare online values with the batch recomputation"),
-    "train": ("jobs.train_model", "build a point-in-time training set, train, evaluate, register the model"),
     "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve"),
     "demo": ("jobs.demo", "run the whole pipeline on the embedded default and print what it did"),
 }
