@@ -8,6 +8,7 @@ markdown reports (bench/results/*.md) into the README between the BENCH markers.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 
 def refresh_readme() -> None:
     reports = sorted(RESULTS.glob("*.md"))
-    body = "\n\n".join(report.read_text().strip() for report in reports) or "_no results yet: run `make bench`_"
+    # Reports start with their own "# Title": nest them under the README's section.
+    body = "\n\n".join(re.sub(r"^#{1,2} ", "### ", report.read_text().strip(), flags=re.M)
+                       for report in reports) or "_no results yet: run `make bench`_"
     text = README.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{README} has no {BEGIN} ... {END} section")
