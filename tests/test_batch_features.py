@@ -143,6 +143,8 @@ def test_job_runs_under_spark_submit_and_exits_1_on_failed_validation(local_run)
                            "--start", START.isoformat(), "--end", END.isoformat(), "--tables", "merchant_features",
                            "--now", NOW.isoformat(), "--no-online", "--freshness-tolerance-hours", "0"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert "merchant_features failed validation" in done.stderr
-    assert "expect_column_max_to_be_between" in done.stderr
+    # spark-submit merges the Python driver's stderr into its own stdout.
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "merchant_features failed validation" in output
+    assert "expect_column_max_to_be_between" in output
