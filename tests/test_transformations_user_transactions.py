@@ -215,6 +215,18 @@ def test_std_is_null_with_one_amount_in_the_window(spark):
                               ignore_nullable=True, ignore_row_order=True)
 
 
+def test_std_of_equal_amounts_is_exactly_zero_after_a_large_history(spark):
+    # A large earlier amount must not leak rounding into a later window's spread
+    # (a variance from running sums of squares gave 1e-6 here).
+    rows = [txn("big", "u1", T0, 987_654_321.123),
+            txn("a", "u1", T0 + timedelta(days=2), 0.1), txn("b", "u1", T0 + timedelta(days=2, minutes=1), 0.1)]
+    columns = ["txn_amount_std_1h", "txn_amount_std_24h"]
+    want = expected(spark, [("u1", T0, None, None),
+                            ("u1", T0 + timedelta(days=2), None, None),
+                            ("u1", T0 + timedelta(days=2, minutes=1), 0.0, 0.0)], *columns)
+    assert_df_equality(features(spark, rows, *columns), want, ignore_nullable=True, ignore_row_order=True)
+
+
 def test_ratio_uses_the_prior_7d_mean_and_is_null_without_a_prior(spark):
     rows = [
         txn("a", "u1", T0, 10.0),

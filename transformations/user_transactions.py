@@ -103,14 +103,13 @@ def user_transaction_features(transactions: DataFrame,
         F.when(not_in_baseline, F.unix_micros(F.col("baseline_until"))),
     )
 
-    # Counts, sums and sums of squares as differences of running totals (see
-    # windows.count_in_last): mean and std follow from them. Max and distinct counts
-    # cannot be subtracted, so they keep sliding frames (a user's windows are short).
+    # Counts and sums as differences of running totals (see windows.count_in_last): the
+    # mean follows from them. Max, std and distinct counts keep sliding frames (a user's
+    # windows are short): max and distinct cannot be subtracted, and a variance from
+    # running sums of squares cancels catastrophically (equal amounts gave 1e-6, not 0).
     amounts_known = {name: windows.count_in_last(amount.isNotNull(), USER_ID, duration)
                      for name, duration in WINDOWS.items()}
     amount_sums = {name: windows.sum_in_last(amount, USER_ID, duration) for name, duration in WINDOWS.items()}
-    squared_sums = {name: windows.sum_in_last(amount * amount, USER_ID, duration)
-                    for name, duration in WINDOWS.items()}
 
     per_event = events.select(
         F.col(USER_ID),
@@ -121,8 +120,7 @@ def user_transaction_features(transactions: DataFrame,
         *[F.when(amounts_known[name] > 0, amount_sums[name] / amounts_known[name])
           .alias(f"txn_amount_mean_{name}") for name in WINDOWS],
         *[F.max(amount).over(w).alias(f"txn_amount_max_{name}") for name, w in trailing.items()],
-        *[_sample_std(amounts_known[name], amount_sums[name], squared_sums[name])
-          .alias(f"txn_amount_std_{name}") for name in WINDOWS],
+        *[F.stddev_samp(amount).over(w).alias(f"txn_amount_std_{name}") for name, w in trailing.items()],
         F.size(F.collect_set("merchant_id").over(trailing["24h"])).cast("bigint")
         .alias("txn_distinct_merchants_24h"),
         F.size(F.collect_set("country").over(trailing["24h"])).cast("bigint")
@@ -134,13 +132,6 @@ def user_transaction_features(transactions: DataFrame,
         F.when(not_in_baseline, lifetime_spend).alias("txn_lifetime_spend"),
     )
     return windows.one_row_per_instant(per_event, USER_ID).select(*COLUMNS)
-
-
-def _sample_std(known: Column, total: Column, squared_total: Column) -> Column:
-    """Sample standard deviation from n, sum and sum of squares; null below two values.
-    Rounding can push a zero variance a hair below 0: clamp it."""
-    variance = (squared_total - total * total / known) / (known - 1)
-    return F.when(known > 1, F.sqrt(F.greatest(variance, F.lit(0.0))))
 
 
 def _with_lifetime_baseline(transactions: DataFrame, lifetime_baseline: DataFrame | None) -> DataFrame:
