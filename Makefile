@@ -3,7 +3,7 @@
 TESSERA := .venv/bin/tessera
 PROFILE ?= local
 
-.PHONY: setup demo test up down status bench clean
+.PHONY: setup demo test up down status serve bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,10 @@ down:
 
 status:
 	$(TESSERA) --profile $(PROFILE) status
+
+# The HTTP API on the profile's serving.host:serving.port (docs at /docs); Ctrl-C stops it.
+serve: up
+	$(TESSERA) --profile $(PROFILE) serve
 
 bench: setup
 	$(TESSERA) bench

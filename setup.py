@@ -28,9 +28,12 @@ setup(
         "scikit-learn>=1.9",
         "matplotlib>=3.10",
         "httpx>=0.28",
+        "prometheus-client>=0.24,<0.25",
+        "skops>=0.16,<0.17",
     ],
     extras_require={
-        "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7"],
+        "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7",
+                "schemathesis==4.32.5"],
     },
     entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
 )

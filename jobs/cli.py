@@ -22,6 +22,10 @@ JOBS = {
     "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines)"),
     "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
     "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve"),
+    "stream-features": ("jobs.stream_features", "Structured Streaming from the landing folder to Redis (and dead letters)"),
+    "consistency-check": ("jobs.consistency_check", "compare Redis with the batch values as of the same cut-off"),
+    "train": ("jobs.train_model", "build a point-in-time training set, train, evaluate, register the fraud model"),
+    "serve": ("serving.app", "the HTTP API: online features and model scores (uvicorn)"),
     "demo": ("jobs.demo", "run the whole pipeline on the embedded default and print what it did"),
 }
 

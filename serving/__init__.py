@@ -1,0 +1,1 @@
+"""The FastAPI app: online features and model scores over HTTP (see serving.app)."""

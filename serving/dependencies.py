@@ -1,0 +1,84 @@
+"""What an endpoint needs, as FastAPI dependencies: the settings, the online-store reader
+and the model registry built by the lifespan, the API-key check, and a way to run
+blocking work (Redis, the model) off the event loop within the request's time budget.
+"""
+from __future__ import annotations
+
+import hmac
+from functools import partial
+from typing import Annotated, Any, Callable, TypeVar
+
+import anyio
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
+
+from plumbing.config import ServingConfig
+from plumbing.online_store import OnlineStoreReader
+from serving.model_registry import LoadedModel, ModelRegistry
+
+API_KEY_HEADER = "X-API-Key"
+Result = TypeVar("Result")
+
+
+class RequestTimeout(Exception):
+    """The request's work outlived ``serving.request_timeout_s`` (answered 504)."""
+
+
+class ModelNotLoaded(Exception):
+    """No model version could be loaded yet (answered 503)."""
+
+
+# The dependencies are `async def` although they do not await: FastAPI would run plain
+# `def` ones in its thread pool, a thread hop per dependency per request.
+async def get_settings(request: Request) -> ServingConfig:
+    return request.app.state.settings
+
+
+async def get_reader(request: Request) -> OnlineStoreReader:
+    return request.app.state.reader
+
+
+async def get_model(request: Request) -> LoadedModel:
+    """The model being served right now: taken once, so a swap mid-request cannot mix versions."""
+    registry: ModelRegistry = request.app.state.model_registry
+    model = registry.current
+    if model is None:
+        raise ModelNotLoaded()
+    return model
+
+
+Settings = Annotated[ServingConfig, Depends(get_settings)]
+Reader = Annotated[OnlineStoreReader, Depends(get_reader)]
+Model = Annotated[LoadedModel, Depends(get_model)]
+
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                               description="The API key, when the API requires one (serving.require_api_key).")
+
+
+async def require_api_key(request: Request, api_key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """401 unless the header matches the configured key; no check when none is configured."""
+    expected: bytes | None = request.app.state.api_key
+    if expected is None:
+        return
+    # Constant-time comparison: the answer's timing says nothing about how much matched.
+    if api_key is None or not hmac.compare_digest(api_key.encode(), expected):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key",
+                            headers={"WWW-Authenticate": API_KEY_HEADER})
+
+
+def check_entity_count(count: int, settings: ServingConfig, field: str) -> None:
+    """A 422 (like any invalid field) when a request asks for more than ``max_entities``."""
+    if count > settings.max_entities:
+        raise RequestValidationError([{
+            "type": "too_long", "loc": ("body", field),
+            "msg": f"at most {settings.max_entities} {field} per request, got {count}"}])
+
+
+async def run_blocking(settings: ServingConfig, func: Callable[..., Result], *args: Any) -> Result:
+    """``func(*args)`` in a worker thread, abandoned with :class:`RequestTimeout` after
+    ``request_timeout_s``. (A thread cannot be killed: an abandoned call finishes in the
+    background, e.g. when Redis answers or its socket times out.)"""
+    with anyio.move_on_after(settings.request_timeout_s):
+        return await anyio.to_thread.run_sync(partial(func, *args), abandon_on_cancel=True)
+    raise RequestTimeout()  # only reached when the budget ran out

@@ -1,0 +1,109 @@
+"""Prometheus metrics of the API, served at GET /metrics.
+
+With several uvicorn workers each is its own process: ``serving.app.main`` then points
+``PROMETHEUS_MULTIPROC_DIR`` and ``TESSERA_METRICS_DIR`` at an empty folder before the
+workers start, and /metrics adds up the files of every worker (prometheus_client's
+multiprocess mode). Our own variable decides that, not prometheus_client's: importing
+MLflow's client imports Feast (an MLflow plugin), which sets PROMETHEUS_MULTIPROC_DIR to a
+folder of its own in every process.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from plumbing.online_store import PRESENT, FeatureValue
+
+METRICS_DIR_ENV = "TESSERA_METRICS_DIR"  # set: several workers, add up their files there
+
+# Fine buckets below 10 ms: the latency goal is a few milliseconds.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_AGE_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400, 30 * 86_400)
+
+REQUESTS = Counter("tessera_http_requests_total", "HTTP requests answered.", ["route", "method", "status"])
+LATENCY = Histogram("tessera_http_request_duration_seconds", "Time from request to full answer.",
+                    ["route", "method"], buckets=_LATENCY_BUCKETS)
+ERRORS = Counter("tessera_http_errors_total", "Error answers, by kind.", ["route", "error"])
+ONLINE_READ = Histogram("tessera_online_store_read_seconds", "One pipelined Redis read of a request.",
+                        buckets=_LATENCY_BUCKETS)
+FEATURE_ROWS = Counter("tessera_feature_rows_total",
+                       "Feature-view rows served (one per entity and view), by status.", ["feature_view", "status"])
+FEATURE_AGE = Histogram("tessera_feature_age_seconds", "Age of the present feature rows served.",
+                        ["feature_view"], buckets=_AGE_BUCKETS)
+MODEL_VERSION = Gauge("tessera_model_version", "The registered model version being served.", ["model"],
+                      multiprocess_mode="mostrecent")
+MODEL_RELOADS = Counter("tessera_model_reloads_total", "Model loads, by outcome (loaded, refused, failed).",
+                        ["outcome"])
+
+
+def route_label(path: str, api_paths: set[str]) -> str:
+    """The route label of a request: its path if it is one of the API's, else "other", so
+    a scan of random URLs cannot create unbounded label values."""
+    return path if path in api_paths else "other"
+
+
+def record_features_served(feature_refs: Sequence[str], results: Sequence[dict[str, FeatureValue]],
+                           now: datetime) -> None:
+    """Count rows by status and observe the age of present ones, once per entity and view
+    (all features of a view share the row's status and event time)."""
+    first_ref_of_view: dict[str, str] = {}
+    for ref in feature_refs:
+        first_ref_of_view.setdefault(ref.partition(":")[0], ref)
+    counts: dict[tuple[str, str], int] = {}
+    for values in results:
+        for view, ref in first_ref_of_view.items():
+            value = values[ref]
+            counts[view, value.status] = counts.get((view, value.status), 0) + 1
+            if value.status == PRESENT:
+                FEATURE_AGE.labels(view).observe((now - value.event_time).total_seconds())
+    for (view, status), count in counts.items():
+        FEATURE_ROWS.labels(view, status).inc(count)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request and times it (pure ASGI: cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app, api_paths: set[str]):
+        self.app = app
+        self.api_paths = api_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_label(scope["path"], self.api_paths)
+        status = 500  # if the app fails before answering, the server answers 500
+        started = time.perf_counter()
+
+        async def send_noting_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            REQUESTS.labels(route, scope["method"], str(status)).inc()
+
+
+def metrics_text() -> tuple[bytes, str]:
+    """The exposition text of this process, or of all workers in multiprocess mode."""
+    if METRICS_DIR_ENV in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=os.environ[METRICS_DIR_ENV])
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

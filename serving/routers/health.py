@@ -1,0 +1,45 @@
+"""Liveness, readiness and metrics: for the orchestrator and Prometheus, no API key."""
+from __future__ import annotations
+
+import redis
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from plumbing.config import ServingConfig
+from serving import metrics
+from serving.dependencies import RequestTimeout, Settings, run_blocking
+from serving.model_registry import ModelRegistry
+from serving.models import HealthResponse, ReadinessResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="The process is up")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=ReadinessResponse, summary="Ready to serve: Redis reachable, model loaded",
+            responses={503: {"model": ReadinessResponse, "description": "Redis unreachable or no model loaded."}})
+async def readyz(request: Request, settings: Settings) -> JSONResponse:
+    redis_ok = await _redis_reachable(request.app.state.redis, settings)
+    registry: ModelRegistry = request.app.state.model_registry
+    model = registry.current
+    answer = ReadinessResponse(ready=redis_ok and model is not None, redis="ok" if redis_ok else "unreachable",
+                               model={"name": model.name, "version": model.version} if model else None)
+    return JSONResponse(answer.model_dump(mode="json"), status_code=200 if answer.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text format: requests, latency, errors, feature age."}})
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.metrics_text()
+    return Response(body, media_type=content_type)
+
+
+async def _redis_reachable(client: redis.Redis, settings: ServingConfig) -> bool:
+    try:
+        return bool(await run_blocking(settings, client.ping))
+    except (redis.RedisError, RequestTimeout):
+        return False
