@@ -8,8 +8,9 @@ with a wider range, and re-running a range replaces it (no duplicates).
 
 For each event type the job reads the history the windows need (the range plus the
 longest window before it), splits off malformed rows into the dead-letter table
-``dead_letter_<event_type>`` with the reason, and validates the rest (Great
-Expectations, recorded as an MLflow run). Then, for each feature table of
+``dead_letter_<event_type>`` with the reason, validates the rest (Great Expectations,
+recorded as an MLflow run) and replaces the range's accepted events in
+``bronze_<event_type>``, the event table the streaming job continues. Then, for each feature table of
 ``transformations.catalog``:
 
 1. compute it with the table's transformation and keep the rows in the range;
@@ -45,7 +46,7 @@ from plumbing.raw_events import SOURCE_DATE, read_history
 from plumbing.spark import get_spark
 from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES, definitions_hash
-from transformations.schemas import EVENT_TYPES
+from transformations.schemas import EVENT_TYPES, SCHEMAS
 from transformations.tables import FeatureTable
 
 # Every window fits in this much history before the range (the longest is 30 days).
@@ -112,7 +113,18 @@ def read_valid_events(spark: SparkSession, cfg: Config, event_type: str, start: 
         if failures:
             tracking.fail_run(failures)
             raise ValidationFailed(f"raw {event_type} events: " + "; ".join(failures))
+        version = events_table(cfg, event_type).write(
+            valid_in_range.select(*SCHEMAS[event_type].fieldNames()), mode="replace_range",
+            replace_range=(start, end))
+        mlflow.log_metric("events_table_version", version)
     return valid.drop(SOURCE_DATE)
+
+
+def events_table(cfg: Config, event_type: str) -> LakeTable:
+    """``bronze_<event_type>``: every accepted event, from the history (this job, by day
+    range) and from the landing zone (the streaming job, appended per micro-batch). The
+    stream computes its windows over it, so online values count the history too."""
+    return LakeTable.for_config(cfg, f"bronze_{event_type}", time_column="event_time")
 
 
 def write_dead_letters(cfg: Config, event_type: str, rejected: DataFrame, start: date, end: date) -> int:

@@ -82,6 +82,18 @@ def test_rerunning_the_same_range_leaves_no_duplicates(local_run, spark):
     assert table.read(spark, version=before.delta_version).count() == before.row_count
 
 
+def test_accepted_events_of_the_range_land_in_the_events_table_once(local_run, spark):
+    cfg, _ = local_run
+    # A re-run (the test above re-ran activity) replaces the range: each event once.
+    for event_type, id_column in batch_features.EVENT_ID_COLUMNS.items():
+        events = batch_features.events_table(cfg, event_type).read(spark)
+        rows = events.count()
+        assert rows > 0
+        assert events.select(id_column).distinct().count() == rows
+        first, last = events.agg(F.min("event_time"), F.max("event_time")).first()
+        assert datetime(2026, 1, 1) <= first and last < datetime(2026, 1, 4)
+
+
 def test_failed_validation_keeps_the_previous_version_and_fails_the_run(local_run, spark):
     cfg, first = local_run
     published = next(r for r in first if r.table == "merchant_features")
