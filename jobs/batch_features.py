@@ -113,9 +113,12 @@ def read_valid_events(spark: SparkSession, cfg: Config, event_type: str, start: 
         if failures:
             tracking.fail_run(failures)
             raise ValidationFailed(f"raw {event_type} events: " + "; ".join(failures))
+        # The stream stamps its rows with its micro-batch; these rows say they came from here.
         version = events_table(cfg, event_type).write(
-            valid_in_range.select(*SCHEMAS[event_type].fieldNames()), mode="replace_range",
-            replace_range=(start, end))
+            valid_in_range.select(*SCHEMAS[event_type].fieldNames(), F.lit(now).alias("arrived_at"),
+                                  F.lit(-1).cast("bigint").alias("batch_id"),
+                                  F.lit("batch-features").alias("query_id")),
+            mode="replace_range", replace_range=(start, end))
         mlflow.log_metric("events_table_version", version)
     return valid.drop(SOURCE_DATE)
 
