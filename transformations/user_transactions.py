@@ -117,8 +117,7 @@ def user_transaction_features(transactions: DataFrame,
         *[windows.count_in_last(F.lit(True), USER_ID, duration).alias(f"txn_count_{name}")
           for name, duration in WINDOWS.items()],
         *[amount_sums[name].alias(f"txn_amount_sum_{name}") for name in WINDOWS],
-        *[F.when(amounts_known[name] > 0, amount_sums[name] / amounts_known[name])
-          .alias(f"txn_amount_mean_{name}") for name in WINDOWS],
+        *[amounts_known[name].alias(f"_amounts_known_{name}") for name in WINDOWS],
         *[F.max(amount).over(w).alias(f"txn_amount_max_{name}") for name, w in trailing.items()],
         *[F.stddev_samp(amount).over(w).alias(f"txn_amount_std_{name}") for name, w in trailing.items()],
         F.size(F.collect_set("merchant_id").over(trailing["24h"])).cast("bigint")
@@ -131,7 +130,13 @@ def user_transaction_features(transactions: DataFrame,
         F.when(not_in_baseline, lifetime_count).alias("txn_lifetime_count"),
         F.when(not_in_baseline, lifetime_spend).alias("txn_lifetime_spend"),
     )
-    return windows.one_row_per_instant(per_event, USER_ID).select(*COLUMNS)
+    # The mean from the columns above: written inline, Spark would compute each running
+    # total of the count and the sum again (it does not share equal window expressions).
+    with_means = per_event.withColumns({
+        f"txn_amount_mean_{name}": F.when(F.col(f"_amounts_known_{name}") > 0,
+                                          F.col(f"txn_amount_sum_{name}") / F.col(f"_amounts_known_{name}"))
+        for name in WINDOWS})
+    return windows.one_row_per_instant(with_means, USER_ID).select(*COLUMNS)
 
 
 def _with_lifetime_baseline(transactions: DataFrame, lifetime_baseline: DataFrame | None) -> DataFrame:
