@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7",
-                "schemathesis==4.32.5"],
+                "schemathesis==4.32.5", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4"],
     },
     entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
 )

@@ -1,0 +1,72 @@
+"""The notebooks run top to bottom on a small generated history (their own asserts
+included: no value from the future, the rebuilt training set's hash), draw their plots,
+and are kept in git without outputs."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date, timedelta
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from jobs import batch_features, generate_events, train_model
+from plumbing.config import REPO_ROOT, load_config
+from plumbing.lake import LakeTable
+from plumbing.raw_events import read_history
+from transformations.catalog import FEATURE_TABLES
+from transformations.schemas import EVENT_TYPES
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+START, DAYS = date(2026, 1, 1), 10
+END = START + timedelta(days=DAYS)
+# A high fraud rate so that a small history still has mature labels in the holdout.
+EVENTS, FRAUD_RATE = 20_000, 0.05
+TRAIN_ARGS = ["--holdout-days", "1", "--label-maturity-days", "5"]
+
+
+@pytest.fixture(scope="module")
+def demo_like_data(local_services, spark, tmp_path_factory):
+    """A history, its feature tables and a champion model: what `make demo` leaves behind,
+    small. The notebooks' kernels see it through the environment."""
+    root = tmp_path_factory.mktemp("notebooks")
+    model_name = f"tessera-fraud-notebooks-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"TESSERA__LAKE__ROOT": str(root / "lake"),
+                           "TESSERA__EVENTS__HISTORY_URI": str(root / "history"),
+                           "TESSERA_PROFILE": "local", "TESSERA_MODEL_NAME": model_name}.items():
+            patch.setenv(key, value)
+        cfg = load_config("local")
+        generate_events.generate_history(cfg.events.history_uri, events=EVENTS, days=DAYS, start_date=START,
+                                         seed=5, fraud_rate=FRAUD_RATE, partition_by_date=True, progress=False)
+        sources = {event_type: read_history(spark, cfg, event_type) for event_type in EVENT_TYPES}
+        for table in FEATURE_TABLES.values():
+            rows = batch_features.compute_table(table, sources, START, END)
+            LakeTable.for_config(cfg, table.name, time_column=table.timestamp_column).write(rows)
+        assert train_model.main(["--profile", "local", "--model-name", model_name, *TRAIN_ARGS]) == 0
+        yield cfg
+
+
+def test_there_are_notebooks():
+    assert [path.name for path in NOTEBOOKS] == ["01_events_and_features.ipynb", "02_train_and_evaluate.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_is_stored_without_outputs(path):
+    notebook = json.loads(path.read_text())
+    code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert code_cells
+    assert all(cell["outputs"] == [] and cell["execution_count"] is None for cell in code_cells), \
+        f"{path.name} has outputs: clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_and_draws_its_plots(demo_like_data, path):
+    notebook = nbformat.read(path, as_version=4)
+    # Raises CellExecutionError, with the failing cell and its traceback, on any error.
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+    plots = [output for cell in notebook.cells for output in cell.get("outputs", [])
+             if "image/png" in output.get("data", {})]
+    assert len(plots) >= 2, f"{path.name} drew {len(plots)} plot(s)"
