@@ -10,7 +10,7 @@ For each event type the job reads the history the windows need (the range plus t
 longest window before it), splits off malformed rows into the dead-letter table
 ``dead_letter_<event_type>`` with the reason, validates the rest (Great Expectations,
 recorded as an MLflow run) and replaces the range's accepted events in
-``bronze_<event_type>``, the event table the streaming job continues. Then, for each feature table of
+``bronze_<event_type>``, the event table the streaming job continues (``plumbing.event_tables``). Then, for each feature table of
 ``transformations.catalog``:
 
 1. compute it with the table's transformation and keep the rows in the range;
@@ -41,6 +41,7 @@ from expectations.runner import record_validation, validate
 from expectations.suites import feature_table_suite, raw_events_suite
 from plumbing import tracking
 from plumbing.config import Config, ConfigError, load_config
+from plumbing.event_tables import bronze_table, dead_letter_table
 from plumbing.lake import LakeTable
 from plumbing.raw_events import SOURCE_DATE, read_history
 from plumbing.spark import get_spark
@@ -114,25 +115,18 @@ def read_valid_events(spark: SparkSession, cfg: Config, event_type: str, start: 
             tracking.fail_run(failures)
             raise ValidationFailed(f"raw {event_type} events: " + "; ".join(failures))
         # The stream stamps its rows with its micro-batch; these rows say they came from here.
-        version = events_table(cfg, event_type).write(
+        version = bronze_table(cfg, event_type).write(
             valid_in_range.select(*SCHEMAS[event_type].fieldNames(), F.lit(now).alias("arrived_at"),
                                   F.lit(-1).cast("bigint").alias("batch_id"),
                                   F.lit("batch-features").alias("query_id")),
             mode="replace_range", replace_range=(start, end))
-        mlflow.log_metric("events_table_version", version)
+        mlflow.log_metric("bronze_table_version", version)
     return valid.drop(SOURCE_DATE)
-
-
-def events_table(cfg: Config, event_type: str) -> LakeTable:
-    """``bronze_<event_type>``: every accepted event, from the history (this job, by day
-    range) and from the landing zone (the streaming job, appended per micro-batch). The
-    stream computes its windows over it, so online values count the history too."""
-    return LakeTable.for_config(cfg, f"bronze_{event_type}", time_column="event_time")
 
 
 def write_dead_letters(cfg: Config, event_type: str, rejected: DataFrame, start: date, end: date) -> int:
     """Replace the run's dead letters (filed under the range's first day) and count them."""
-    table = LakeTable.for_config(cfg, f"dead_letter_{event_type}", time_column="filed_at")
+    table = dead_letter_table(cfg, event_type, "batch")
     rows = rejected.select(
         F.lit(event_type).alias("event_type"),
         F.col(cleaning.RAW).alias("raw"),

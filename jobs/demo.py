@@ -276,8 +276,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
     api = Api(f"http://{cfg.serving.host}:{cfg.serving.port}", env[cfg.serving.api_key_env])
     summary.api_docs = f"{api.base_url}/docs"
     live = [
-        Background.start("stream", [sys.executable, "-m", "jobs.stream_features", *profile_args,
-                                    "--trigger-interval-s", "2"], log_dir, env),
+        Background.start("stream", [sys.executable, "-m", "jobs.stream_features", *profile_args], log_dir, env),
         Background.start("api", [sys.executable, "-m", "serving", *profile_args], log_dir, env),
     ]
     try:

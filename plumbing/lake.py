@@ -228,6 +228,39 @@ class LakeTable:
                            read_version=snapshot.version() if snapshot else None,
                            filesystem=filesystem, root=root)
 
+    def append_arrow(self, rows: pa.Table, schema: StructType) -> int:
+        """Append Arrow ``rows`` (the columns of ``schema``) in one commit, written from this
+        process: the same files, statistics and commit as ``write``, without a Spark job.
+        For small appends whose rows are already on the driver (a micro-batch): a Spark
+        job would cost more than the write itself."""
+        snapshot = self._delta_table() if self.exists() else None
+        with_dates = StructType([*schema.fields, StructField(self.partition_column, StringType())])
+        new_columns = _check_schema(with_dates, snapshot, self)
+        # The UTC date of the instant, as _with_partition_column derives it.
+        times = rows.column(self.time_column)
+        micros = times.cast(pa.timestamp("us", tz=times.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        dates = pa.array((micros // 86_400_000_000).astype("datetime64[D]")).cast(pa.string())
+        rows = rows.append_column(self.partition_column, dates).sort_by(self.partition_column)
+        write_id = uuid.uuid4().hex
+        filesystem, root = filesystem_and_root(self.uri, self.storage_options)
+        try:
+            written = pa.Table.from_batches(list(_write_task_files(
+                iter(rows.to_batches()), filesystem=filesystem, root=root, write_id=write_id,
+                partition_column=self.partition_column, date_range=None,
+                file_schema=_file_arrow_schema(with_dates, self.partition_column))),
+                schema=_WRITTEN_FILE_ARROW_SCHEMA).to_pylist()
+        except BaseException:
+            _delete_files_of_write(filesystem, root, write_id)
+            raise
+        files = [AddAction(path=row["path"], size=row["size_bytes"],
+                           partition_values={self.partition_column: row["partition_value"]},
+                           modification_time=row["modification_time_ms"], data_change=True, stats=row["stats"])
+                 for row in written]
+        return StagedWrite(table=self, mode="append", date_range=None, write_id=write_id, files=files,
+                           df_schema=with_dates, new_columns=new_columns,
+                           read_version=snapshot.version() if snapshot else None,
+                           filesystem=filesystem, root=root).commit()
+
     def _with_partition_column(self, df: DataFrame) -> DataFrame:
         fields = {f.name: f.dataType for f in df.schema.fields}
         if not isinstance(fields.get(self.time_column), TimestampType):

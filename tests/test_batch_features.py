@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from jobs import batch_features, generate_events
 from plumbing import tracking
 from plumbing.config import REPO_ROOT, load_config
+from plumbing.event_tables import bronze_table
 from plumbing.lake import LakeTable
 from transformations.catalog import FEATURE_TABLES
 
@@ -86,7 +87,7 @@ def test_accepted_events_of_the_range_land_in_the_events_table_once(local_run, s
     cfg, _ = local_run
     # A re-run (the test above re-ran activity) replaces the range: each event once.
     for event_type, id_column in batch_features.EVENT_ID_COLUMNS.items():
-        events = batch_features.events_table(cfg, event_type).read(spark)
+        events = bronze_table(cfg, event_type).read(spark)
         rows = events.count()
         assert rows > 0
         assert events.select(id_column).distinct().count() == rows

@@ -1,0 +1,776 @@
+"""Streaming features: live events from the landing zone -> bronze Delta tables -> Redis.
+
+    spark-submit jobs/stream_features.py --profile local
+    python -m jobs.stream_features --available-now      (process what has landed, then stop)
+    tessera stream-features ...                         (the same, through the console command)
+
+One Structured Streaming query reads the three event folders ``<events.landing_dir>/<event_type>/``
+(JSON lines, Spark's text file source; Kafka below), parses every record on the stream
+itself with ``transformations.cleaning.parse_json_events``, and unions the three into one
+stream with an event-time watermark. ``foreachBatch`` then handles each micro-batch:
+
+1. collect: ONE Spark job reads and parses the micro-batch's files and brings it to the
+   driver as Arrow, each record classified ``malformed`` (cleaning's reason), ``too_late``
+   (a valid event older than the micro-batch's watermark) or ``accepted``; the counts and
+   the freshness percentiles are computed there (exactly);
+2. features: for each feature table the micro-batch touches, the table's catalog function
+   (the batch job's, unchanged) over the accepted events and the history of their
+   entities (``EventHistory``: the accepted events of the table's longest window, kept
+   in memory on the driver across micro-batches, and the older lifetime totals as
+   ``lifetime_baseline``), one Spark job per table on a session without adaptive
+   execution; the rows at each entity's newest new instant come back (the window rule
+   of ``transformations``), so online values are batch values;
+3. online: those rows -> Redis in Feast's layout, pipelined from the driver
+   (``plumbing.online_store``: a row is stored only if newer than the stored one);
+4. bronze: the accepted events -> ``bronze_<event_type>`` (Delta, append, written from
+   the driver: no Spark job), the history ``jobs.consistency_check`` reads and the job
+   rebuilds its in-memory history from when it starts;
+5. dead letters: the malformed and too-late records -> ``stream_dead_letter_<event_type>`` (raw
+   record, reason, arrival time, ``source="stream"``, batch id), likewise;
+6. progress: one log line per micro-batch (counts, online writes, freshness p50/p99, the
+   seconds of each step) and the same numbers as metrics of the job's MLflow run, step =
+   batch id.
+
+Steps 2-3 (per table) and 4-5 (per table) run side by side; the micro-batch ends (and Spark
+commits it) only when all are done, so bronze holds every committed micro-batch. They are
+independent: the features take the new events from the micro-batch itself and the past
+from memory; the in-memory history takes in a micro-batch's events only once all its
+writes succeeded (a failed micro-batch is re-run with the same events).
+
+Memory: the history holds every accepted event of the last 30 days of event time (the
+merchants' window) on the driver: size the driver for it, or shorten the windows. The
+cost of a micro-batch grows with the history of the entities it touches (a busy merchant's
+30 days); per-entity tiles (see ARCHITECTURE.md) would bound it.
+
+Why one query over the union rather than one per event type: merchant features read
+transactions and chargebacks together. Two queries would each compute merchant rows
+without the other's newest events, and since an older row never replaces a newer one,
+Redis could keep a row that misses some. One query sees both in the same micro-batch and
+keeps one watermark and one checkpoint.
+
+Nothing lost, nothing counted twice
+    After a crash (``kill -9`` included) the restarted job re-runs the unfinished micro-batch
+    with the same files, batch id and watermark: Spark keeps them in the checkpoint. It
+    first rebuilds the in-memory history from bronze, leaving out the rows bronze may
+    already hold of the micro-batch being re-run. Every step repeats safely: a Delta table
+    that already holds rows of this query's batch id is not appended to again (seen in the
+    file statistics of its log, without reading data; checked for the first micro-batch
+    after each start, the only one that can be a re-run), the features are recomputed
+    from the same events, and the online store skips rows that are not newer than the
+    stored ones. A failed micro-batch (Redis down, a lake
+    conflict) stops the query; the job restarts it from the checkpoint after a back-off
+    (2, 4, 8 ... 30 s) and gives up after ``--max-failures`` failures in a row without a
+    finished micro-batch in between.
+
+Late events
+    The watermark of a micro-batch is the newest valid event time of the earlier
+    micro-batches minus ``--allowed-lateness-s``: Spark's own, which it records in the
+    checkpoint before it runs the micro-batch. A valid event at or after the watermark is
+    accepted: it lands in bronze and counts in every row computed from then on (its own,
+    and those of its entity's later events). An older one is not applied: it goes to the
+    dead-letter table with reason ``too_late``, raw record kept, for a backfill.
+    Online, an accepted late event shows at once unless its entity already has a newer
+    row in Redis: the writer never replaces a stored row of the same instant, so such an
+    entity's online value includes the late event from its next event on.
+
+    Valid events may lie at most ``--max-future-s`` ahead of the micro-batch's clock (5
+    minutes, against cleaning's 1 day for the batch job): one event a day ahead would
+    move the watermark a day ahead and make every real event ``too_late``.
+
+Freshness
+    Each Redis value carries its event time (Feast's ``_ts`` field). Per micro-batch the job
+    reports the end-to-end lag of its accepted events, from event time to the end of the
+    micro-batch's Redis writes (an upper bound for each value): p50 and p99.
+
+Kafka
+    With ``events.source: kafka`` the same query reads the topics named after the event
+    types (``transactions``, ``activity``, ``chargebacks``) from
+    ``events.kafka_bootstrap_servers``; the record's value is the JSON line. This needs the
+    spark-sql-kafka connector on the classpath (e.g. ``spark-submit --jars``), which these
+    machines cannot download, so only the file source is exercised here.
+
+Exit codes: 0 stopped cleanly (drained with ``--available-now``, or SIGTERM/SIGINT);
+1 too many failures in a row; 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.streaming import StreamingQuery
+
+from plumbing import tracking
+from plumbing.config import Config, ConfigError, load_config
+from plumbing.event_tables import bronze_table, dead_letter_table
+from plumbing.lake import LakeTable
+from plumbing.online_store import OnlineStoreWriter, WriteResult
+from plumbing.spark import get_spark
+from transformations import cleaning
+from transformations.catalog import FEATURE_TABLES, USER_TRANSACTION_FEATURES
+from transformations.schemas import ACTIVITY, CHARGEBACKS, EVENT_TYPES, SCHEMAS, TRANSACTIONS
+from transformations.tables import FeatureTable
+from transformations.user_transactions import LIFETIME_BASELINE_SCHEMA, USER_ID
+from transformations.windows import EVENT_TIME
+
+STREAMING_EXPERIMENT = "tessera/stream-features"
+
+# Columns the job adds to the records.
+EVENT_TYPE = "event_type"
+ARRIVED_AT = "arrived_at"  # the micro-batch's time: when the stream picked the record up
+BATCH_ID = "batch_id"
+QUERY_ID = "query_id"      # the checkpoint's query id: batch ids restart with a new checkpoint
+STATUS = "status"
+ACCEPTED, MALFORMED, TOO_LATE = "accepted", "malformed", "too_late"
+
+MAX_BACKOFF_S = 30.0
+# Fault injection for the tests: hold every micro-batch this long after its writes, before
+# Spark commits it, so a test can kill the job between the two. Never set in production.
+PAUSE_BEFORE_COMMIT_S = float(os.environ.get("TESSERA_STREAM_PAUSE_BEFORE_COMMIT_S", "0"))
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the stream runs: command-line arguments (a ``streaming:`` config section later)."""
+
+    checkpoint_location: Path
+    allowed_lateness: timedelta = timedelta(seconds=60)
+    trigger_interval: timedelta = timedelta(seconds=0.5)
+    available_now: bool = False        # process what has landed in as many micro-batches as needed, then stop
+    max_files_per_trigger: int | None = None  # per event folder; None: all new files
+    max_future: timedelta = timedelta(minutes=5)
+    max_failures: int = 10
+
+
+# ------------------------------------------------------------------ the stream
+def read_events(spark: SparkSession, cfg: Config, settings: StreamSettings) -> DataFrame:
+    """All event types as one stream: one row per record with its parse result, the typed
+    event in a struct column named after its type, and the event-time watermark."""
+    streams = []
+    for event_type in EVENT_TYPES:
+        parsed = cleaning.parse_json_events(_raw_records(spark, cfg, settings, event_type), event_type,
+                                            max_future=settings.max_future)
+        is_valid = F.col(cleaning.REJECT_REASON).isNull()
+        streams.append(parsed.select(
+            F.lit(event_type).alias(EVENT_TYPE),
+            # Only valid events move the watermark: a malformed record's time can be years off.
+            F.when(is_valid, F.col(EVENT_TIME)).alias(EVENT_TIME),
+            F.col(cleaning.RAW),
+            F.col(cleaning.REJECT_REASON),
+            F.struct(*SCHEMAS[event_type].fieldNames()).alias(event_type),
+            F.current_timestamp().alias(ARRIVED_AT),  # in a stream: the micro-batch's timestamp
+        ))
+    events = functools.reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), streams)
+    return events.withWatermark(EVENT_TIME, _interval(settings.allowed_lateness))
+
+
+def _raw_records(spark: SparkSession, cfg: Config, settings: StreamSettings, event_type: str) -> DataFrame:
+    """The JSON lines of one event type in column ``value``."""
+    if cfg.events.source == "kafka":
+        # Needs the spark-sql-kafka connector on the classpath (see the module docstring).
+        return (spark.readStream.format("kafka")
+                .option("kafka.bootstrap.servers", cfg.events.kafka_bootstrap_servers)
+                .option("subscribe", event_type)
+                .option("startingOffsets", "earliest")
+                .load())
+    folder = Path(cfg.events.landing_dir) / event_type
+    folder.mkdir(parents=True, exist_ok=True)  # the file source refuses a missing folder
+    reader = spark.readStream
+    if settings.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", settings.max_files_per_trigger)
+    return reader.text(str(folder))
+
+
+def _interval(duration: timedelta) -> str:
+    return f"{int(duration.total_seconds() * 1000)} milliseconds"
+
+
+def batch_watermark(checkpoint: Path, batch_id: int) -> datetime:
+    """The event-time watermark of micro-batch ``batch_id``, as Spark computed it.
+
+    Spark records it before running the micro-batch in the checkpoint's offset log (the
+    second line of ``offsets/<batch id>`` holds ``batchWatermarkMs``) and reuses that record
+    when it re-runs the micro-batch after a crash. A query without stateful operators, like
+    this one, lets older rows through, so the job applies the watermark itself, with
+    Spark's value.
+    """
+    metadata = json.loads((checkpoint / "offsets" / str(batch_id)).read_text().splitlines()[1])
+    return datetime.fromtimestamp(metadata["batchWatermarkMs"] / 1000, timezone.utc)
+
+
+def checkpoint_query_id(checkpoint: Path) -> str:
+    """The query id Spark stored in the checkpoint when the query first started."""
+    return json.loads((checkpoint / "metadata").read_text())["id"]
+
+
+# ------------------------------------------------------------------ one micro-batch
+def classify(batch: DataFrame, watermark: datetime) -> DataFrame:
+    """``batch`` plus ``status``: malformed, too_late (older than the watermark) or accepted."""
+    status = (F.when(F.col(cleaning.REJECT_REASON).isNotNull(), F.lit(MALFORMED))
+              .when(F.col(EVENT_TIME) < F.lit(watermark), F.lit(TOO_LATE))
+              .otherwise(F.lit(ACCEPTED)))
+    return batch.withColumn(STATUS, status)
+
+
+def collect_batch(classified: DataFrame) -> pa.Table:
+    """The micro-batch on the driver, from ONE Spark job (reading and parsing its files):
+    per record its type, status, reason and arrival time, the typed event of each type (a
+    struct column per type, null for the other types) and, for a rejected record only,
+    the raw line."""
+    return classified.select(
+        F.col(EVENT_TYPE), F.col(STATUS), F.col(cleaning.REJECT_REASON), F.col(ARRIVED_AT),
+        F.when(F.col(STATUS) != ACCEPTED, F.col(cleaning.RAW)).alias(cleaning.RAW),
+        *[F.col(event_type) for event_type in EVENT_TYPES],
+    ).toArrow()
+
+
+def _nullable(schema: T.StructType) -> T.StructType:
+    return T.StructType([T.StructField(f.name, f.dataType, nullable=True) for f in schema.fields])
+
+
+# What the job appends to the lake: the events (bronze) and the rejected records (dead letters),
+# each row stamped with its micro-batch.
+_STAMP_FIELDS = [T.StructField(BATCH_ID, T.LongType()), T.StructField(QUERY_ID, T.StringType())]
+BRONZE_SCHEMAS = {event_type: T.StructType([*_nullable(SCHEMAS[event_type]).fields,
+                                            T.StructField(ARRIVED_AT, T.TimestampType()), *_STAMP_FIELDS])
+                  for event_type in EVENT_TYPES}
+DEAD_LETTER_SCHEMA = T.StructType([
+    T.StructField(EVENT_TYPE, T.StringType()), T.StructField("raw", T.StringType()),
+    T.StructField("reject_reason", T.StringType()), T.StructField(EVENT_TIME, T.TimestampType()),
+    T.StructField("source", T.StringType()), T.StructField("filed_at", T.TimestampType()),
+    T.StructField(ARRIVED_AT, T.TimestampType()), *_STAMP_FIELDS,
+])
+# The events as the features read them, in Arrow (one schema, so history and new events concatenate).
+EVENT_ARROW_SCHEMAS = {event_type: to_arrow_schema(_nullable(SCHEMAS[event_type]), timezone="UTC")
+                       for event_type in EVENT_TYPES}
+BASELINE_ARROW_SCHEMA = to_arrow_schema(_nullable(LIFETIME_BASELINE_SCHEMA), timezone="UTC")
+
+
+def split_records(records: pa.Table) -> tuple[dict[str, pa.Table], dict[str, pa.Table]]:
+    """(accepted events, dead-letter rows) by event type, types without any left out.
+
+    Accepted events have their type's columns plus the arrival time; dead-letter rows the
+    dead-letter table's columns (raw record, reason - ``too_late`` for a valid event behind
+    the watermark - event time when known, ``source="stream"``, filing and arrival time)."""
+    accepted, rejected = {}, {}
+    for event_type in EVENT_TYPES:
+        of_type = pc.equal(records[EVENT_TYPE], event_type)
+        is_accepted = pc.equal(records[STATUS], ACCEPTED)
+        good = records.filter(pc.and_(of_type, is_accepted))
+        if good.num_rows:
+            events = pa.Table.from_struct_array(good[event_type])
+            accepted[event_type] = (events.select(SCHEMAS[event_type].fieldNames())
+                                    .cast(EVENT_ARROW_SCHEMAS[event_type])
+                                    .append_column(ARRIVED_AT, good[ARRIVED_AT]))
+        bad = records.filter(pc.and_(of_type, pc.invert(is_accepted)))
+        if bad.num_rows:
+            rejected[event_type] = pa.table({
+                EVENT_TYPE: bad[EVENT_TYPE],
+                "raw": bad[cleaning.RAW],
+                "reject_reason": pc.coalesce(bad[cleaning.REJECT_REASON], pa.scalar(TOO_LATE)),
+                EVENT_TIME: pa.Table.from_struct_array(bad[event_type])[EVENT_TIME],
+                "source": pa.array(["stream"] * bad.num_rows, pa.string()),
+                "filed_at": bad[ARRIVED_AT],
+                ARRIVED_AT: bad[ARRIVED_AT],
+            })
+    return accepted, rejected
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """What a micro-batch held, counted on the driver (exact percentiles)."""
+
+    by_type: dict[str, dict[str, int]]      # event type -> received / accepted / malformed / too_late
+    first_event_time: dict[str, datetime]   # event type -> its earliest accepted event
+    event_micros_p01: int | None            # percentiles of the accepted events' times (all types)
+    event_micros_p50: int | None
+
+    @classmethod
+    def of(cls, records: pa.Table, accepted: dict[str, pa.Table]) -> BatchCounts:
+        by_type = {event_type: dict.fromkeys(("received", ACCEPTED, MALFORMED, TOO_LATE), 0)
+                   for event_type in EVENT_TYPES}
+        counted = records.group_by([EVENT_TYPE, STATUS]).aggregate([([], "count_all")])
+        for event_type, status, count in zip(counted[EVENT_TYPE].to_pylist(), counted[STATUS].to_pylist(),
+                                             counted["count_all"].to_pylist()):
+            by_type[event_type][status] += count
+            by_type[event_type]["received"] += count
+        first_event_time = {event_type: pc.min(events[EVENT_TIME]).as_py().astimezone(timezone.utc)
+                            for event_type, events in accepted.items()}
+        micros = np.concatenate([_micros(events[EVENT_TIME]) for events in accepted.values()] or [np.zeros(0)])
+        if not len(micros):
+            return cls(by_type, first_event_time, None, None)
+        p01, p50 = np.percentile(micros, [1, 50], method="lower")
+        return cls(by_type, first_event_time, int(p01), int(p50))
+
+    def total(self, name: str) -> int:
+        return sum(counts[name] for counts in self.by_type.values())
+
+
+def holds_batch(table: LakeTable, query_id: str, batch_id: int) -> bool:
+    """Whether ``table`` already holds rows of this query's micro-batch ``batch_id``.
+
+    Read from the file statistics in the Delta log, not from the data: each write of a
+    micro-batch makes files holding that micro-batch only, so their min statistics name it.
+    """
+    if not table.exists():
+        return False
+    files = pa.table(DeltaTable(table.uri, storage_options=table.storage_options).get_add_actions(flatten=True))
+    if f"min.{BATCH_ID}" not in files.column_names:
+        return False
+    return any(query == query_id and batch == batch_id
+               for query, batch in zip(files.column(f"min.{QUERY_ID}").to_pylist(),
+                                       files.column(f"min.{BATCH_ID}").to_pylist()))
+
+
+def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id: str, batch_id: int,
+                may_hold_it: bool) -> float:
+    """Append ``rows`` stamped with the micro-batch, unless the table already holds it (a
+    re-run after a crash: only possible when ``may_hold_it``). Returns the seconds taken."""
+    started = time.monotonic()
+    if may_hold_it and holds_batch(table, query_id, batch_id):
+        return time.monotonic() - started
+    stamped = (rows.append_column(BATCH_ID, pa.array(np.full(rows.num_rows, batch_id, dtype=np.int64)))
+               .append_column(QUERY_ID, pa.array([query_id] * rows.num_rows, pa.string())))
+    table.append_arrow(stamped, schema)
+    return time.monotonic() - started
+
+
+# Each event type is kept as long as the longest window that reads it (the tables' ttls).
+RETENTION = {event_type: max(table.ttl for table in FEATURE_TABLES.values() if event_type in table.sources)
+             for event_type in EVENT_TYPES}
+EVICT_EVERY = timedelta(hours=1)  # of event time: how far the horizon moves before old events are dropped
+_EVENT_IDS = {TRANSACTIONS: "transaction_id", ACTIVITY: "event_id", CHARGEBACKS: "chargeback_id"}
+
+
+class EventHistory:
+    """The past the features of a micro-batch need, carried on the driver across micro-batches.
+
+    Per event type, the accepted events with ``event_time >= horizon`` (the type's
+    ``RETENTION`` before the watermark: every window of a new event reaches back less),
+    as Arrow; per user, the lifetime totals of the older transactions (the
+    ``lifetime_baseline`` of ``user_transaction_features``). Built from bronze when the job
+    starts (the one read of bronze), then extended with each finished micro-batch's events,
+    so a micro-batch reads no lake table. Events older than the horizon leave it in steps
+    of ``EVICT_EVERY``; old transactions are folded into the baseline then.
+    """
+
+    def __init__(self, events: dict[str, pa.Table], baseline: pa.Table, horizon: dict[str, datetime]):
+        self.events = events
+        self.baseline = baseline
+        self.horizon = horizon
+
+    @classmethod
+    def from_bronze(cls, spark: SparkSession, cfg: Config, reference: datetime, query_id: str,
+                    batch_id: int) -> EventHistory:
+        """The history for events from ``reference`` on. Rows this query wrote for micro-batch
+        ``batch_id`` or later (a re-run after a crash) are left out: they are its new events."""
+        horizon = {event_type: reference - RETENTION[event_type] for event_type in EVENT_TYPES}
+        not_this_batch = ~((F.col(QUERY_ID) == query_id) & (F.col(BATCH_ID) >= batch_id))
+        events, baseline = {}, BASELINE_ARROW_SCHEMA.empty_table()
+        for event_type in EVENT_TYPES:
+            table = bronze_table(cfg, event_type)
+            if not table.exists():
+                events[event_type] = EVENT_ARROW_SCHEMAS[event_type].empty_table()
+                continue
+            recent = (table.read(spark, start=horizon[event_type]).where(not_this_batch)
+                      .dropDuplicates([_EVENT_IDS[event_type]]).select(*SCHEMAS[event_type].fieldNames()))
+            events[event_type] = recent.toArrow().cast(EVENT_ARROW_SCHEMAS[event_type])
+            if event_type == TRANSACTIONS:
+                older = (table.read(spark, end=horizon[event_type]).where(not_this_batch)
+                         .dropDuplicates(["transaction_id"]))  # a replayed event counts once
+                baseline = older.groupBy(USER_ID).agg(
+                    F.count(F.lit(1)).alias("lifetime_txn_count"),
+                    F.coalesce(F.sum("amount"), F.lit(0.0)).alias("lifetime_txn_spend"),
+                    F.max(EVENT_TIME).alias("baseline_until"),
+                ).toArrow().cast(BASELINE_ARROW_SCHEMA)
+        return cls(events, baseline, horizon)
+
+    def covers(self, first_event_time: datetime) -> bool:
+        """Whether the windows of an event at ``first_event_time`` or later lie in the history."""
+        return all(first_event_time - RETENTION[event_type] >= self.horizon[event_type]
+                   for event_type in EVENT_TYPES)
+
+    def of(self, event_type: str, entity_column: str, entities: pa.Array) -> pa.Table:
+        events = self.events[event_type]
+        return events.filter(pc.is_in(events[entity_column], value_set=entities))
+
+    def baseline_of(self, users: pa.Array) -> pa.Table:
+        return self.baseline.filter(pc.is_in(self.baseline[USER_ID], value_set=users))
+
+    def add(self, accepted: dict[str, pa.Table]) -> None:
+        """Take in a finished micro-batch's events (a replayed id is dropped by the features)."""
+        for event_type, events in accepted.items():
+            self.events[event_type] = pa.concat_tables(
+                [self.events[event_type], events.select(EVENT_ARROW_SCHEMAS[event_type].names)])
+
+    def evict(self, watermark: datetime) -> None:
+        """Drop the events no window of a future event reaches (those before the watermark
+        minus the retention); fold old transactions into the lifetime baseline."""
+        for event_type in EVENT_TYPES:
+            horizon = watermark - RETENTION[event_type]
+            if horizon - self.horizon[event_type] < EVICT_EVERY:
+                continue
+            events = self.events[event_type].combine_chunks()
+            is_old = pc.less(events[EVENT_TIME], pa.scalar(horizon, pa.timestamp("us", tz="UTC")))
+            if event_type == TRANSACTIONS:
+                self._fold(events.filter(is_old))
+            self.events[event_type] = events.filter(pc.invert(is_old))
+            self.horizon[event_type] = horizon
+
+    def _fold(self, old: pa.Table) -> None:
+        old = old.group_by("transaction_id", use_threads=False).aggregate([(USER_ID, "first"), ("amount", "first"),
+                                                        (EVENT_TIME, "first")])  # each id once
+        old = old.rename_columns({f"{name}_first": name for name in (USER_ID, "amount", EVENT_TIME)})
+        totals = old.group_by(USER_ID).aggregate([([], "count_all"), ("amount", "sum"), (EVENT_TIME, "max")])
+        totals = pa.table({
+            USER_ID: totals[USER_ID], "lifetime_txn_count": totals["count_all"],
+            "lifetime_txn_spend": pc.fill_null(totals["amount_sum"], 0.0),
+            "baseline_until": totals[f"{EVENT_TIME}_max"],
+        }).cast(BASELINE_ARROW_SCHEMA)
+        merged = pa.concat_tables([self.baseline, totals]).group_by(USER_ID).aggregate(
+            [("lifetime_txn_count", "sum"), ("lifetime_txn_spend", "sum"), ("baseline_until", "max")])
+        self.baseline = pa.table({
+            USER_ID: merged[USER_ID], "lifetime_txn_count": merged["lifetime_txn_count_sum"],
+            "lifetime_txn_spend": merged["lifetime_txn_spend_sum"], "baseline_until": merged["baseline_until_max"],
+        }).cast(BASELINE_ARROW_SCHEMA)
+
+
+def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
+                new_events: dict[str, pa.Table]) -> pa.Table:
+    """The rows of ``table`` to store online for ``new_events`` (accepted events by type):
+    per entity of them, its row at the newest of its new instants, computed by the
+    table's catalog function (the batch job's, unchanged) over the entity's history and
+    the new events, with the lifetime baseline. One Spark job."""
+    entity, timestamp = table.entity_column, table.timestamp_column
+    instants = pa.concat_tables([new_events[event_type].select([entity, EVENT_TIME])
+                                 for event_type in table.sources if event_type in new_events])
+    newest = instants.group_by(entity).aggregate([(EVENT_TIME, "max")])
+    newest = pa.table({entity: newest[entity], timestamp: newest[f"{EVENT_TIME}_max"]})
+    entities = newest[entity].combine_chunks()
+    inputs = {}
+    for event_type in table.sources:
+        events = history.of(event_type, entity, entities)
+        if event_type in new_events:
+            events = pa.concat_tables([events, new_events[event_type].select(events.column_names)])
+        inputs[event_type] = spark.createDataFrame(events, SCHEMAS[event_type])
+    if table is USER_TRANSACTION_FEATURES:
+        baseline = history.baseline_of(entities)
+        if baseline.num_rows:  # without one, lifetimes start at zero: the same as an empty baseline
+            inputs["lifetime_baseline"] = spark.createDataFrame(baseline, LIFETIME_BASELINE_SCHEMA)
+    wanted = spark.createDataFrame(newest, T.StructType([T.StructField(entity, T.StringType()),
+                                                         T.StructField(timestamp, T.TimestampType())]))
+    rows = table.build(**inputs).join(F.broadcast(wanted), on=[entity, timestamp], how="left_semi")
+    return rows.toArrow()
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """What one micro-batch did: the progress log line and the MLflow metrics."""
+
+    batch_id: int
+    counts: BatchCounts
+    online: WriteResult
+    watermark: datetime
+    lag_p50_s: float | None
+    lag_p99_s: float | None
+    duration_s: float
+    steps_s: dict[str, float]  # seconds per step: collect, history, features, redis, lake
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {
+            "received": self.counts.total("received"),
+            "accepted": self.counts.total(ACCEPTED),
+            "malformed": self.counts.total(MALFORMED),
+            "too_late": self.counts.total(TOO_LATE),
+            "online_written": self.online.written,
+            "online_skipped_older": self.online.skipped_older,
+            "online_skipped_expired": self.online.skipped_expired,
+            "duration_s": self.duration_s,
+            "events_per_s": self.counts.total("received") / self.duration_s if self.duration_s else 0.0,
+            **{f"{step}_s": seconds for step, seconds in self.steps_s.items()},
+        }
+        if self.lag_p50_s is not None:
+            metrics.update(lag_p50_s=self.lag_p50_s, lag_p99_s=self.lag_p99_s)
+        return metrics
+
+    def line(self) -> str:
+        """key=value pairs: readable, and parsed by bench/bench_streaming.py."""
+        values = {"batch": self.batch_id,
+                  **{event_type: self.counts.by_type[event_type]["received"] for event_type in EVENT_TYPES}}
+        values.update({name: round(value, 3) if isinstance(value, float) else value
+                       for name, value in self.metrics().items()})
+        values["watermark"] = self.watermark.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return "stream-features " + " ".join(f"{name}={value}" for name, value in values.items())
+
+
+class StreamRun:
+    """The job's MLflow run: per-micro-batch metrics, logged without blocking the stream."""
+
+    def __init__(self, cfg: Config, settings: StreamSettings):
+        tracking.configure_tracking(cfg)
+        experiment = mlflow.set_experiment(STREAMING_EXPERIMENT)
+        self.client = MlflowClient()
+        self.run_id = self.client.create_run(
+            experiment.experiment_id, run_name="stream_features",
+            tags={"checkpoint": str(settings.checkpoint_location), "landing_dir": cfg.events.landing_dir,
+                  "source": cfg.events.source}).info.run_id
+        trigger = ("availableNow" if settings.available_now
+                   else f"processingTime {settings.trigger_interval.total_seconds()}s")
+        self.client.log_batch(self.run_id, params=[
+            Param("allowed_lateness_s", str(settings.allowed_lateness.total_seconds())),
+            Param("trigger", trigger),
+            Param("max_files_per_trigger", str(settings.max_files_per_trigger)),
+            Param("max_future_s", str(settings.max_future.total_seconds())),
+        ])
+
+    def log(self, progress: BatchProgress) -> None:
+        now_ms = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), now_ms, progress.batch_id) for name, value in progress.metrics().items()]
+        # Asynchronous: a slow or absent tracking server must not hold up the stream.
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+
+    def end(self, status: str) -> None:
+        mlflow.flush_async_logging()
+        self.client.set_terminated(self.run_id, status)
+
+
+class MicroBatchProcessor:
+    """The ``foreachBatch`` function. Every step is safe to repeat (see the module docstring)."""
+
+    def __init__(self, cfg: Config, settings: StreamSettings, run: StreamRun, spark: SparkSession):
+        self.cfg = cfg
+        self.settings = settings
+        self.run = run
+        self.spark = micro_batch_session(spark)
+        self.writer = OnlineStoreWriter(cfg)
+        self.history: EventHistory | None = None  # built from bronze by the first micro-batch that needs it
+        self.batches_done = 0
+        self.query_started = True  # set by run() at each (re)start: the next micro-batch may be a re-run
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        steps: dict[str, float] = {}
+        spark = self.spark
+        checkpoint = self.settings.checkpoint_location
+        query_id = checkpoint_query_id(checkpoint)
+        watermark = batch_watermark(checkpoint, batch_id)
+        records = collect_batch(classify(batch, watermark))
+        accepted, rejected = split_records(records)
+        counts = BatchCounts.of(records, accepted)
+        steps["collect"] = time.monotonic() - started
+
+        if accepted:
+            first = min(counts.first_event_time.values())
+            if self.history is None or not self.history.covers(first):
+                began = time.monotonic()
+                # Later micro-batches' events are no older than this (the watermark only rises).
+                known = watermark if watermark.timestamp() > 0 else first  # a new checkpoint has none yet
+                reference = min(first, known) - self.settings.allowed_lateness
+                self.history = EventHistory.from_bronze(spark, self.cfg, reference, query_id, batch_id)
+                steps["history"] = time.monotonic() - began
+        touched = [table for table in FEATURE_TABLES.values()
+                   if any(event_type in accepted for event_type in table.sources)]
+        may_hold_it = self.query_started
+        # The online rows first (freshness), the lake appends beside them: Spark jobs that
+        # mostly wait between small stages, on a 2-core machine. They are independent: the
+        # features take the new events from the micro-batch and the history from memory.
+        with ThreadPoolExecutor(max_workers=len(touched) + len(accepted) + len(rejected) or 1) as pool:
+            online_writes = [pool.submit(self._write_online, spark, table, accepted) for table in touched]
+            lake_writes = [pool.submit(append_once, bronze_table(self.cfg, event_type), events,
+                                       BRONZE_SCHEMAS[event_type], query_id, batch_id, may_hold_it)
+                           for event_type, events in accepted.items()]
+            lake_writes += [pool.submit(append_once, dead_letter_table(self.cfg, event_type, "stream"), rows,
+                                        DEAD_LETTER_SCHEMA, query_id, batch_id, may_hold_it)
+                            for event_type, rows in rejected.items()]
+            online, written_at = WriteResult(), time.time()
+            features_s = redis_s = 0.0
+            for write in online_writes:
+                result, table_features_s, table_redis_s = write.result()
+                online += result
+                features_s, redis_s = max(features_s, table_features_s), max(redis_s, table_redis_s)
+            written_at = time.time()
+            steps["online"] = time.monotonic() - started - steps["collect"] - steps.get("history", 0.0)
+            steps["features"], steps["redis"] = features_s, redis_s
+            steps["lake"] = max((write.result() for write in lake_writes), default=0.0)
+        if PAUSE_BEFORE_COMMIT_S:  # fault injection for the tests (see its definition)
+            time.sleep(PAUSE_BEFORE_COMMIT_S)
+        if accepted:
+            self.history.add(accepted)
+            self.history.evict(watermark)
+        self.query_started = False
+        progress = BatchProgress(
+            batch_id=batch_id, counts=counts, online=online, watermark=watermark,
+            # lag p50 is the time since the median event; p99 the time since the 1st percentile.
+            lag_p50_s=_seconds_since(written_at, counts.event_micros_p50),
+            lag_p99_s=_seconds_since(written_at, counts.event_micros_p01),
+            duration_s=time.monotonic() - started, steps_s=steps)
+        print(progress.line(), flush=True)
+        self.run.log(progress)
+        self.batches_done += 1
+
+    def _write_online(self, spark: SparkSession, table: FeatureTable,
+                      accepted: dict[str, pa.Table]) -> tuple[WriteResult, float, float]:
+        """Compute ``table``'s rows for the new events and write them to Redis from the
+        driver; returns the result and the seconds of each part."""
+        began = time.monotonic()
+        rows = online_rows(spark, table, self.history, accepted)
+        computed = time.monotonic()
+        result = self.writer.write(table, rows)
+        return result, computed - began, time.monotonic() - computed
+
+
+def micro_batch_session(spark: SparkSession) -> SparkSession:
+    """A session of its own (same Spark context) for the micro-batches' small jobs: no
+    adaptive execution (its extra jobs per query stage cost more than they save on a few
+    thousand rows) and two shuffle partitions (one per core here)."""
+    session = spark.newSession()
+    for key, value in (("spark.sql.adaptive.enabled", "false"), ("spark.sql.shuffle.partitions", "2"),
+                       ("spark.sql.session.timeZone", "UTC"),
+                       ("spark.sql.execution.arrow.pyspark.enabled", "true")):
+        session.conf.set(key, value)
+    return session
+
+
+def _seconds_since(instant_s: float, event_micros: int | None) -> float | None:
+    return None if event_micros is None else instant_s - event_micros / 1_000_000
+
+
+# ------------------------------------------------------------------ the job
+def start_query(spark: SparkSession, cfg: Config, settings: StreamSettings,
+                processor: MicroBatchProcessor) -> StreamingQuery:
+    writer = (read_events(spark, cfg, settings).writeStream
+              .queryName("stream_features")
+              .foreachBatch(processor)
+              .option("checkpointLocation", str(settings.checkpoint_location)))
+    if settings.available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=_interval(settings.trigger_interval))
+    return writer.start()
+
+
+def run(cfg: Config, settings: StreamSettings, spark: SparkSession | None = None,
+        stop: threading.Event | None = None) -> int:
+    """Run the stream until it drains (``available_now``), ``stop`` is set, or it fails
+    ``max_failures`` times in a row. Returns the exit code."""
+    spark = spark or get_spark(cfg, "stream-features")
+    stop = stop or threading.Event()
+    stream_run = StreamRun(cfg, settings)
+    processor = MicroBatchProcessor(cfg, settings, stream_run, spark)
+    print(f"stream-features: {cfg.events.source} {cfg.events.landing_dir} -> bronze + Redis "
+          f"{cfg.redis.host}:{cfg.redis.port}; checkpoint {settings.checkpoint_location}; "
+          f"MLflow run {stream_run.run_id}", flush=True)
+    failures = 0
+    try:
+        while not stop.is_set():
+            batches_before = processor.batches_done
+            processor.query_started = True
+            query = start_query(spark, cfg, settings, processor)
+            try:
+                # Short waits, so a stop request is seen between them.
+                while query.isActive and not stop.is_set():
+                    query.awaitTermination(1)
+                query.stop()
+                query.awaitTermination()  # raises if the query failed
+                break
+            except StreamingQueryException as error:
+                failures = 1 if processor.batches_done > batches_before else failures + 1
+                reason = str(error).strip().splitlines()[0][:300]
+                if failures >= settings.max_failures:
+                    print(f"stream-features: giving up after {failures} failures in a row: {reason}",
+                          file=sys.stderr, flush=True)
+                    stream_run.end("FAILED")
+                    return 1
+                backoff = min(2.0 ** failures, MAX_BACKOFF_S)
+                print(f"stream-features: micro-batch failed ({reason}); restarting from the checkpoint "
+                      f"in {backoff:.0f}s (failure {failures} of at most {settings.max_failures} in a row)",
+                      file=sys.stderr, flush=True)
+                stop.wait(backoff)
+    except BaseException:
+        stream_run.end("FAILED")
+        raise
+    stream_run.end("FINISHED")
+    print(f"stream-features: stopped after {processor.batches_done} micro-batch(es)", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream_features", description=__doc__.split("\n\n")[0],
+        epilog="Runs until stopped (SIGTERM/SIGINT), or with --available-now until what has landed is processed.")
+    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
+                        help="config profile or YAML path (default: $TESSERA_PROFILE or local)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="checkpoint location (default: <data_dir>/checkpoints/stream_features)")
+    parser.add_argument("--allowed-lateness-s", type=float, default=60.0,
+                        help="how far behind the newest event time an event may be and still count (default 60)")
+    trigger = parser.add_mutually_exclusive_group()
+    trigger.add_argument("--trigger-interval-s", type=float, default=0.5,
+                         help="start a micro-batch every this many seconds (default 0.5: a new file waits at most "
+                              "that long when the job is idle; a busy job starts the next one as soon as one ends; "
+                              "0: poll continuously)")
+    trigger.add_argument("--available-now", action="store_true",
+                         help="process the files that have landed, then stop")
+    parser.add_argument("--max-files-per-trigger", type=int,
+                        help="at most this many new files per event folder and micro-batch (default: all)")
+    parser.add_argument("--max-future-s", type=float, default=300.0,
+                        help="valid events may lie at most this far ahead of the clock (default 300)")
+    parser.add_argument("--max-failures", type=int, default=10,
+                        help="give up after this many failed micro-batches in a row (default 10)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, cfg: Config) -> StreamSettings:
+    return StreamSettings(
+        checkpoint_location=(args.checkpoint or cfg.checkpoint_dir / "stream_features").resolve(),
+        allowed_lateness=timedelta(seconds=args.allowed_lateness_s),
+        trigger_interval=timedelta(seconds=args.trigger_interval_s),
+        available_now=args.available_now,
+        max_files_per_trigger=args.max_files_per_trigger,
+        max_future=timedelta(seconds=args.max_future_s),
+        max_failures=args.max_failures,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.profile)
+    except ConfigError as exc:
+        print(f"stream_features: {exc}", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args, cfg)
+    stop = threading.Event()
+    # The handler only sets the flag: the main thread stops the query between its waits.
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    return run(cfg, settings, stop=stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

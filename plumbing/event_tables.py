@@ -1,0 +1,32 @@
+"""The lake tables of events (the feature tables are in ``transformations.catalog``).
+
+``bronze_<event_type>``
+    Every accepted event, once: the batch job replaces its date range from the history,
+    the streaming job appends each micro-batch from the landing zone. The stream computes
+    its windows over it, so online values count the history too, and the consistency
+    check recomputes the batch values from it. Each row says where it came from
+    (``query_id``: the stream's checkpoint query, or ``batch-features``) and when it arrived.
+
+``dead_letter_<event_type>`` (batch) and ``stream_dead_letter_<event_type>`` (stream)
+    Malformed records with the raw record, the reason and the arrival time. Two tables,
+    because a batch re-run replaces its range of dead letters (so each malformed history
+    row is filed once) and must not erase what the stream filed in the same days.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from plumbing.config import Config
+from plumbing.lake import LakeTable
+
+EVENT_TIME = "event_time"
+FILED_AT = "filed_at"
+
+
+def bronze_table(cfg: Config, event_type: str) -> LakeTable:
+    return LakeTable.for_config(cfg, f"bronze_{event_type}", time_column=EVENT_TIME)
+
+
+def dead_letter_table(cfg: Config, event_type: str, source: Literal["batch", "stream"]) -> LakeTable:
+    name = f"dead_letter_{event_type}" if source == "batch" else f"stream_dead_letter_{event_type}"
+    return LakeTable.for_config(cfg, name, time_column=FILED_AT)
