@@ -6,10 +6,12 @@ in the same run, loaded by wrk on loopback.
 
 Data: 20,000 users and 2,000 merchants with fresh rows of every feature view, written in
 a Feast project of the benchmark (``bench_serving``) and deleted afterwards.
-Servers, one worker each (the local profile's and Feast's defaults), started here:
+Servers, started here:
   * the API: ``create_app`` of ``serving.app`` under uvicorn, as ``python -m serving`` runs
-    it, but on the benchmark's project and model (``tessera-fraud-bench``: the training
-    job's pipeline and hyperparameters, fitted once on synthetic rows and kept registered);
+    it (the local profile's ``serving.workers``, or ``--api-workers``; several workers add
+    up their metrics in a folder, as there), but on the benchmark's project and model
+    (``tessera-fraud-bench``: the training job's pipeline and hyperparameters, fitted once
+    on synthetic rows and kept registered);
   * Feast: ``feast serve`` with its defaults on a feature_store.yaml of the benchmark's
     project, the command ``python -m plumbing.feast_repo serve`` runs.
 Load: wrk (Debian package), keep-alive connections = concurrency 1, 8 and 32, requests
@@ -171,14 +173,24 @@ def wrk_script(path: Path, bodies: list[dict]) -> Path:
 
 
 # ---- servers ----------------------------------------------------------------------------------
-def serve_api(port: int) -> None:
-    """The child process: the API on the benchmark's project and model, as main() runs it."""
-    import uvicorn
-
+def api_app():
+    """The API on the benchmark's project and model: what each uvicorn worker builds."""
     from serving.app import create_app
 
-    app = create_app(load_config("local"), project=PROJECT, model_name=MODEL_NAME)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return create_app(load_config("local"), project=PROJECT, model_name=MODEL_NAME)
+
+
+def serve_api(port: int, workers: int) -> None:
+    """The child process: the API with ``workers`` workers, as serving.app.main runs it."""
+    import uvicorn
+
+    from serving import metrics
+
+    if workers > 1:  # as serving.app.main: the workers add up their metrics in one folder
+        metrics_dir = Path(tempfile.mkdtemp(prefix="bench_serving_metrics_"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[metrics.METRICS_DIR_ENV] = str(metrics_dir)
+    uvicorn.run(f"{Path(__file__).stem}:api_app", factory=True, app_dir=str(Path(__file__).parent),
+                host="127.0.0.1", port=port, workers=workers, log_level="warning", access_log=False)
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -280,7 +292,7 @@ def markdown(result: dict) -> str:
     lines = ["### Serving API (HTTP on loopback, wrk)", "",
              f"{result['when']}, load average {result['load_average_1m'][0]} -> {result['load_average_1m'][1]} "
              f"on {result['machine']}; {result['seconds_per_run']} s per measurement, best of {result['rounds']} "
-             f"round(s) by throughput; one server worker each; "
+             f"round(s) by throughput; {result['api_workers']} API worker(s), Feast's defaults (one worker); "
              f"wrk on the same cores. Features: all {result['features']} of `{SERVICE}`; model "
              f"`{MODEL_NAME}` version {result['model_version']}. Answers of both servers compared first: "
              f"{result['values_compared']} values, {result['values_different']} different.", "",
@@ -309,16 +321,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement, one round")
     parser.add_argument("--seconds", type=int, default=10, help="per measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per setting, the best counts (default 2)")
+    parser.add_argument("--api-workers", type=int, help="API worker processes (default: the local profile's "
+                        "serving.workers)")
+    parser.add_argument("--output", default="serving", help="results file name, without extension (default serving)")
     parser.add_argument("--serve-api", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.serve_api:
-        serve_api(args.serve_api)
+        serve_api(args.serve_api, args.api_workers or 1)
         return 0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     seconds, rounds = (3, 1) if args.quick else (args.seconds, args.rounds)
 
     cfg = load_config("local")
+    api_workers = args.api_workers or cfg.serving.workers
     services.up(cfg, only=["redis", "mlflow"])
     model_version = ensure_model(cfg)
     write_online_rows(cfg)
@@ -327,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, PROFILE_ENV: "local"}
     yaml_path = feast_repo.write_feature_store_yaml(cfg, project=PROJECT, directory=work)
     feast_repo.apply(cfg, project=PROJECT, directory=work)
-    api = start([sys.executable, __file__, "--serve-api", str(API_PORT)], env, work / "api.log")
+    api = start([sys.executable, __file__, "--serve-api", str(API_PORT), "--api-workers", str(api_workers)], env,
+                work / "api.log")
     feast = start([str(Path(sys.executable).with_name("feast")), "-c", str(feast_repo.REPO_DIR), "-f", str(yaml_path),
                    "serve", "--host", "127.0.0.1", "--port", str(FEAST_PORT)], env, work / "feast.log")
     urls = {"api": f"http://127.0.0.1:{API_PORT}", "feast": f"http://127.0.0.1:{FEAST_PORT}"}
@@ -383,15 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "load_generator": wrk_version(),
-        "seconds_per_run": seconds, "rounds": rounds, "features": FEATURE_COUNT,
+        "seconds_per_run": seconds, "rounds": rounds, "api_workers": api_workers, "features": FEATURE_COUNT,
         "model_version": model_version, "values_compared": len(users) * FEATURE_COUNT, "values_different": different,
         "runs": runs, "ratios": ratios,
         "goal": {"p99_ms": single["p99_ms"], "p99_met": single["p99_ms"] <= 5.0,
                  "ratio": single_ratio, "ratio_met": single_ratio >= 5.0},
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "serving.md").write_text(markdown(result))
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.output}.md").write_text(markdown(result))
     print(markdown(result))
     # Our API must answer every request; Feast's restarts are its own (see the report).
     api_errors = sum(run["non_2xx"] + run["socket_errors"] for (target, _, _), rounds_run in measured.items()

@@ -35,20 +35,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plumbing.config import PROFILE_ENV, Config, ConfigError, load_config
-from plumbing.online_store import (
-    FEAST_PROJECT,
-    OnlineStoreReader,
-    RedisSettings,
-    redis_client,
-)
+from plumbing.online_store import FEAST_PROJECT, OnlineStoreReader, RedisSettings
 from serving import metrics
 from serving.dependencies import ModelNotLoaded, RequestTimeout
+from serving.fast_path import FastPath
 from serving.model_registry import (
     CHAMPION_ALIAS,
     MODEL_NAME,
     POLL_INTERVAL_S,
     ModelRegistry,
 )
+from serving.online import async_redis_client
 from serving.routers import features, health, predict
 
 log = logging.getLogger(__name__)
@@ -62,8 +59,8 @@ def create_app(cfg: Config, *, project: str = FEAST_PROJECT, model_name: str = M
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.reader = OnlineStoreReader(cfg, project)
-        app.state.redis = redis_client(RedisSettings.from_config(cfg))  # the reader's pool, for /readyz
+        app.state.reader = OnlineStoreReader(cfg, project)  # views and plans; its reads go through:
+        app.state.redis = async_redis_client(RedisSettings.from_config(cfg))  # this loop's client
         app.state.model_registry = ModelRegistry(cfg.mlflow.tracking_uri, model_name, model_alias,
                                                  model_poll_interval_s)
         await app.state.model_registry.start()
@@ -73,6 +70,7 @@ def create_app(cfg: Config, *, project: str = FEAST_PROJECT, model_name: str = M
         gc.freeze()
         yield
         await app.state.model_registry.stop()
+        await app.state.redis.aclose()
 
     app = FastAPI(title="Tessera feature API", version="1",
                   summary="Online features and fraud scores at Redis speed.", lifespan=lifespan)
@@ -84,7 +82,9 @@ def create_app(cfg: Config, *, project: str = FEAST_PROJECT, model_name: str = M
     # Metric labels: the API's paths; anything else counts as "other".
     api_paths = {route.path for router in routers for route in router.routes}
     _add_error_handlers(app, api_paths)
-    # The last added runs first: metrics see every answer, the 413s included.
+    # The last added runs first: metrics see every answer, the 413s included; the fast path
+    # of the hot endpoints runs inside the body-size limit.
+    app.add_middleware(FastPath)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.serving.max_body_bytes, api_paths=api_paths)
     app.add_middleware(metrics.MetricsMiddleware, api_paths=api_paths)
     return app
@@ -173,7 +173,10 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared = b""
+        for name, value in scope["headers"]:  # a scan: cheaper than a dict of every header
+            if name == b"content-length":
+                declared = value
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(scope, send)
             return

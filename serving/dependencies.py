@@ -1,6 +1,6 @@
-"""What an endpoint needs, as FastAPI dependencies: the settings, the online-store reader
-and the model registry built by the lifespan, the API-key check, and a way to run
-blocking work (Redis, the model) off the event loop within the request's time budget.
+"""What an endpoint needs, as FastAPI dependencies: the settings and the model built by
+the lifespan, the API-key check, a way to run blocking work (the pyfunc model) off the
+event loop within the request's time budget, and the JSON answer of the hot paths.
 """
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from functools import partial
 from typing import Annotated, Any, Callable, TypeVar
 
 import anyio
+import pydantic_core
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
+from starlette.datastructures import State
 
 from plumbing.config import ServingConfig
-from plumbing.online_store import OnlineStoreReader
 from serving.model_registry import LoadedModel, ModelRegistry
 
 API_KEY_HEADER = "X-API-Key"
@@ -35,13 +37,9 @@ async def get_settings(request: Request) -> ServingConfig:
     return request.app.state.settings
 
 
-async def get_reader(request: Request) -> OnlineStoreReader:
-    return request.app.state.reader
-
-
-async def get_model(request: Request) -> LoadedModel:
-    """The model being served right now: taken once, so a swap mid-request cannot mix versions."""
-    registry: ModelRegistry = request.app.state.model_registry
+def current_model(state: State) -> LoadedModel:
+    """The model being served right now: take it once, so a swap mid-request cannot mix versions."""
+    registry: ModelRegistry = state.model_registry
     model = registry.current
     if model is None:
         raise ModelNotLoaded()
@@ -49,8 +47,6 @@ async def get_model(request: Request) -> LoadedModel:
 
 
 Settings = Annotated[ServingConfig, Depends(get_settings)]
-Reader = Annotated[OnlineStoreReader, Depends(get_reader)]
-Model = Annotated[LoadedModel, Depends(get_model)]
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="The API key, when the API requires one (serving.require_api_key).")
@@ -58,13 +54,17 @@ _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
 
 async def require_api_key(request: Request, api_key: Annotated[str | None, Security(_api_key_header)]) -> None:
     """401 unless the header matches the configured key; no check when none is configured."""
-    expected: bytes | None = request.app.state.api_key
-    if expected is None:
-        return
-    # Constant-time comparison: the answer's timing says nothing about how much matched.
-    if api_key is None or not hmac.compare_digest(api_key.encode(), expected):
+    if not api_key_accepted(request.app.state.api_key, None if api_key is None else api_key.encode()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key",
                             headers={"WWW-Authenticate": API_KEY_HEADER})
+
+
+def api_key_accepted(expected: bytes | None, given: bytes | None) -> bool:
+    """True when no key is configured, or ``given`` is it."""
+    if expected is None:
+        return True
+    # Constant-time comparison: the answer's timing says nothing about how much matched.
+    return given is not None and hmac.compare_digest(given, expected)
 
 
 def check_entity_count(count: int, settings: ServingConfig, field: str) -> None:
@@ -82,3 +82,10 @@ async def run_blocking(settings: ServingConfig, func: Callable[..., Result], *ar
     with anyio.move_on_after(settings.request_timeout_s):
         return await anyio.to_thread.run_sync(partial(func, *args), abandon_on_cancel=True)
     raise RequestTimeout()  # only reached when the budget ran out
+
+
+def json_response(content: Any) -> Response:
+    """``content`` (plain dicts, lists, numbers, strings, datetimes) as a JSON answer,
+    serialized in one pass by pydantic-core; infinities and NaN become null, as
+    FastAPI's own serialization of the response models makes them."""
+    return Response(pydantic_core.to_json(content, inf_nan_mode="null"), media_type="application/json")

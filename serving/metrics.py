@@ -24,7 +24,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from plumbing.online_store import PRESENT, FeatureValue
+from plumbing.online_store import PRESENT, OnlineStoreReader
 
 METRICS_DIR_ENV = "TESSERA_METRICS_DIR"  # set: several workers, add up their files there
 
@@ -48,28 +48,43 @@ MODEL_RELOADS = Counter("tessera_model_reloads_total", "Model loads, by outcome 
                         ["outcome"])
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def route_label(path: str, api_paths: set[str]) -> str:
     """The route label of a request: its path if it is one of the API's, else "other", so
     a scan of random URLs cannot create unbounded label values."""
     return path if path in api_paths else "other"
 
 
-def record_features_served(feature_refs: Sequence[str], results: Sequence[dict[str, FeatureValue]],
-                           now: datetime) -> None:
+def record_rows_served(plan: OnlineStoreReader.Plan, rows: Sequence[Sequence[OnlineStoreReader.Row]],
+                       now: datetime) -> None:
     """Count rows by status and observe the age of present ones, once per entity and view
     (all features of a view share the row's status and event time)."""
-    first_ref_of_view: dict[str, str] = {}
-    for ref in feature_refs:
-        first_ref_of_view.setdefault(ref.partition(":")[0], ref)
-    counts: dict[tuple[str, str], int] = {}
-    for values in results:
-        for view, ref in first_ref_of_view.items():
-            value = values[ref]
-            counts[view, value.status] = counts.get((view, value.status), 0) + 1
-            if value.status == PRESENT:
-                FEATURE_AGE.labels(view).observe((now - value.event_time).total_seconds())
-    for (view, status), count in counts.items():
-        FEATURE_ROWS.labels(view, status).inc(count)
+    for number, planned in enumerate(plan.views):
+        view = planned.view.name
+        counts: dict[str, int] = {}
+        age = _child(FEATURE_AGE, view)
+        for view_rows in rows:
+            row = view_rows[number]
+            counts[row.status] = counts.get(row.status, 0) + 1
+            if row.status == PRESENT:
+                age.observe((now - row.event_time).total_seconds())
+        for status, count in counts.items():
+            _child(FEATURE_ROWS, view, status).inc(count)
+
+
+_CHILDREN: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    """``metric.labels(*labels)``, remembered: labels() takes a lock and checks its
+    arguments on every call. Label values here are bounded (routes, views, statuses)."""
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
 
 
 class MetricsMiddleware:
@@ -96,8 +111,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
-            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
-            REQUESTS.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "other"  # bounded labels
+            _child(LATENCY, route, method).observe(time.perf_counter() - started)
+            _child(REQUESTS, route, method, str(status)).inc()
 
 
 def metrics_text() -> tuple[bytes, str]:

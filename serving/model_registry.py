@@ -25,7 +25,8 @@ import asyncio
 import gc
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 
 import anyio
@@ -38,6 +39,7 @@ from threadpoolctl import ThreadpoolController
 from feature_repo.feature_services import feature_refs
 from plumbing.training_sets import RATIO_MEAN, RATIO_TABLE, REQUEST_RATIO
 from serving import metrics
+from serving.scoring import CompiledPipeline, NotCompilable, verify
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class ModelNotServable(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """One model version, ready to score, and what its input frame needs."""
+    """One model version, ready to score, and what its inputs need."""
 
     name: str
     version: str
@@ -68,10 +70,25 @@ class LoadedModel:
     dtypes: dict[str, str]          # column -> numpy dtype the signature expects
     feature_columns: dict[str, str]  # column -> online feature reference it is read from
     online_refs: list[str]           # everything to read online: the features, plus the ratio's mean
+    # The same model compiled for cheap scoring (serving.scoring), when its shape allows and
+    # it scored probe rows exactly as the pyfunc model did; None: the pyfunc path.
+    compiled: CompiledPipeline | None = None
 
-    def score(self, inputs: pd.DataFrame) -> np.ndarray:
-        """Fraud probabilities, one per row. The pyfunc flavour returns ``predict_proba``
-        (jobs/train_model.py logs it so): column 1 is the fraud class."""
+    def score(self, columns: Mapping[str, Sequence]) -> np.ndarray:
+        """Fraud probabilities, one per row of ``columns`` (input column -> one value per
+        row, None for null): the compiled model's, else the pyfunc model's."""
+        if self.compiled is not None:
+            return self.compiled.predict(columns)
+        return self.score_with_pyfunc(self.frame(columns))
+
+    def frame(self, columns: Mapping[str, Sequence]) -> pd.DataFrame:
+        """The pyfunc model's input: the signature's columns in order and types (None -> NaN)."""
+        return pd.DataFrame({column: np.array(columns[column], dtype=self.dtypes[column])
+                             for column in self.input_columns})
+
+    def score_with_pyfunc(self, inputs: pd.DataFrame) -> np.ndarray:
+        """The pyfunc flavour returns ``predict_proba`` (jobs/train_model.py logs it so):
+        column 1 is the fraud class."""
         # One OpenMP thread per prediction: requests already run in parallel, and on a busy
         # 2-core machine OpenMP's spinning threads made a one-row prediction 10x slower (measured).
         with _thread_pools().limit(limits=1, user_api="openmp"):
@@ -128,10 +145,27 @@ def load_version(client: mlflow.MlflowClient, name: str, version: str) -> Loaded
     # One row of nulls, before the version can replace a working one: a model that cannot
     # score is refused here, not discovered by requests (and the first, slower call is paid now).
     try:
-        loaded.score(pd.DataFrame({column: np.array([None], dtype=dtype) for column, dtype in dtypes.items()}))
+        loaded.score_with_pyfunc(loaded.frame({column: [None] for column in input_columns}))
     except Exception as exc:
         raise ModelNotServable(f"{name} version {version} fails to score a row of nulls: {exc}") from exc
-    return loaded
+    compiled = compile_model(loaded)
+    return replace(loaded, compiled=compiled) if compiled else loaded
+
+
+def compile_model(loaded: LoadedModel) -> CompiledPipeline | None:
+    """The compiled twin of ``loaded`` if it scores probe rows exactly as the pyfunc model
+    does; None (logged) when the model's shape is another or any probe differs."""
+    try:
+        compiled = CompiledPipeline.compile(loaded.pyfunc.get_raw_model(), loaded.input_columns)
+        problem = verify(compiled, loaded.score_with_pyfunc, loaded.input_columns, loaded.dtypes)
+    except NotCompilable as exc:
+        problem = str(exc)
+    except Exception as exc:  # e.g. a flavour without a raw scikit-learn model
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        log.warning("%s version %s: scoring through mlflow.pyfunc (slow path): %s", loaded.name, loaded.version, problem)
+        return None
+    return compiled
 
 
 class ModelRegistry:

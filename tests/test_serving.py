@@ -8,6 +8,7 @@ shared services' data is untouched.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,10 +33,10 @@ from jobs import train_model
 from plumbing import feast_repo, services, training_sets
 from plumbing.config import REPO_ROOT, ConfigError, load_config
 from plumbing.lake import LakeTable
-from plumbing.online_store import OnlineStoreWriter
-from serving import model_registry
+from plumbing.online_store import OnlineStoreReader, OnlineStoreWriter
+from serving import fast_path, model_registry, scoring
 from serving.app import create_app
-from serving.models import Entity
+from serving.models import Entity, FeaturesResponse, PredictResponse
 from transformations.catalog import FEATURE_TABLES, spark_schema
 
 TXN = FEATURE_TABLES["user_transaction_features"]
@@ -232,6 +233,76 @@ def test_features_have_values_statuses_and_ages(client, stored):
     assert stale["event_times"][MERCHANT.name] is None and stale["ages_seconds"][MERCHANT.name] is None
     assert statuses(unknown, TXN.name) == statuses(unknown, ACTIVITY.name) == {"missing"}
     assert unknown["values"][0] is None
+    FeaturesResponse.model_validate(body)  # the answer is built without the model: it must still match it
+
+
+def test_many_entities_are_decoded_column_wise_to_the_stored_values(client, stored):
+    """Past a few entities the reader decodes a feature column at a time (doubles in one
+    numpy pass): each value must still be the one stored, nulls included."""
+    rng = np.random.default_rng(17)
+    entities = [{"user_id": f"u-{rng.integers(0, 20)}", "merchant_id": f"m-{rng.integers(0, 5)}"} for _ in range(60)]
+    response = client.post("/v1/features", json={"feature_service": SERVICE, "entities": entities})
+    assert response.status_code == 200, response.text
+    results = FeaturesResponse.model_validate(response.json()).results
+    assert len(results) == len(entities)
+    for entity, result in zip(entities, results, strict=True):
+        for ref, value, status in zip(SERVICE_REFS, result.values, result.statuses, strict=True):
+            view, feature = ref.split(":")
+            table = FEATURE_TABLES[view]
+            expected = stored[view].set_index(table.entity_column).loc[entity[table.entity_column], feature]
+            assert status == "present" and value == (None if pd.isna(expected) else expected), (entity, ref)
+            dtype = next(spec.dtype for spec in table.features if spec.name == feature)
+            assert value is None or type(value) is (int if dtype == "bigint" else float), (ref, value)
+
+
+def test_the_fast_path_answers_as_the_routes_do(client, monkeypatch):
+    """serving.fast_path answers ordinary requests without FastAPI's routing; any other
+    request (here: a content type with a charset) goes to the route. Same answers."""
+    taken = []
+    for path, (model, answer) in list(fast_path.ROUTES.items()):
+        async def counting(state, body, answer=answer, path=path):
+            taken.append(path)
+            return await answer(state, body)
+        monkeypatch.setitem(fast_path.ROUTES, path, (model, counting))
+    entities = [{"user_id": "u-3", "merchant_id": "m-1"}, {"user_id": "u-stale", "merchant_id": "m-404"}]
+    requests = {"/v1/features": {"features": ["merchant_features:merchant_txn_count_30d",
+                                              "user_activity_features:logins_24h"], "entities": entities},
+                "/v1/predict": {"transactions": [transaction("t-1", "u-2", "m-3"), transaction("t-2", "u-stale", "m-0")]}}
+    for path, body in requests.items():
+        content = json.dumps(body).encode()
+        fast = client.post(path, content=content, headers={"content-type": "application/json"})
+        assert taken[-1:] == [path]
+        routed = client.post(path, content=content, headers={"content-type": "application/json; charset=utf-8"})
+        assert taken.count(path) == 1  # the second went through the route
+        assert fast.status_code == routed.status_code == 200
+        assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        fast_body, routed_body = fast.json(), routed.json()
+        for answer in (fast_body, routed_body):
+            for result in answer.get("results", []):
+                result.pop("ages_seconds")  # depends on the time of the request
+        assert fast_body == routed_body
+    # Errors raised while answering go to the app's handlers: too many entities is the route's 422.
+    settings = client.app.state.settings
+    client.app.state.settings = settings.model_copy(update={"max_entities": 1})
+    try:
+        response = client.post("/v1/features", json={"feature_service": SERVICE, "entities": entities})
+    finally:
+        client.app.state.settings = settings
+    assert response.status_code == 422 and "at most 1 entities per request, got 2" in response.json()["detail"]
+
+
+def test_packed_commands_are_redis_wire_format_of_the_commands(cfg, project):
+    reader = OnlineStoreReader(cfg, project)
+    refs = ["merchant_features:merchant_txn_count_30d", "user_activity_features:logins_24h",
+            "merchant_features:merchant_chargeback_count_30d"]
+    plan = reader.plan(refs)
+    assert reader.plan(list(refs)) is plan  # cached per list of references
+    assert [ref for view in plan.views for ref in view.refs] != refs and plan.order is not None
+    entity_rows = [{"user_id": "u-1", "merchant_id": "m-0"}, {"user_id": "ü-2", "merchant_id": "m-1"}]
+    expected = b"".join(redis.Connection().pack_commands(reader.commands(plan, entity_rows)))
+    assert reader.packed_commands(plan, entity_rows) == expected
+    with pytest.raises(KeyError, match="has no 'merchant_id'"):
+        reader.packed_commands(plan, [{"user_id": "u-1"}])
 
 
 def test_features_by_reference_read_only_those_in_request_order(client, stored):
@@ -335,7 +406,7 @@ def test_an_unexpected_error_is_a_500_without_details(client, monkeypatch):
     def broken_read(*args, **kwargs):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(client.app.state.reader, "read", broken_read)
+    monkeypatch.setattr(client.app.state.reader, "decode", broken_read)
     quiet = TestClient(client.app, raise_server_exceptions=False)  # same app, already started
     entities = [{"user_id": "u", "merchant_id": "m"}]
     response = quiet.post("/v1/features", json={"feature_service": SERVICE, "entities": entities})
@@ -354,10 +425,58 @@ def test_predict_scores_with_the_champion_and_reports_unavailable_features(clien
     assert body["model"] == {"name": name, "version": "1"}
     assert [p["transaction_id"] for p in body["predictions"]] == ["t-1", "t-2", "t-3"]
     assert all(0 <= p["score"] <= 1 for p in body["predictions"])
+    PredictResponse.model_validate(body)
     known, unknown, stale = body["predictions"]
     assert known["unavailable_features"] == {}
     assert set(unknown["unavailable_features"]) == {ref for ref in ONLINE_MODEL_REFS if not ref.startswith("merchant")}
     assert set(stale["unavailable_features"].values()) == {"expired"}
+
+
+def random_model_inputs(loaded, rng, count: int) -> dict[str, list]:
+    """Input columns of ``count`` rows: known and unknown categories, numbers with nulls."""
+    columns = {}
+    for column in loaded.input_columns:
+        if loaded.dtypes[column] == "object":
+            columns[column] = [str(value) for value in rng.choice(["web", "app", "pos", "DE", "FR", "US", "EUR", "USD",
+                                                                    "never-seen"], count)]
+        else:
+            values = rng.gamma(2.0, 30.0, count) * rng.choice([0.01, 1, 10], count)
+            columns[column] = [None if rng.random() < 0.15 else float(value) for value in values]
+    return columns
+
+
+def test_compiled_model_scores_exactly_as_the_pipeline(cfg, models):
+    """/v1/predict scores through serving.scoring's compiled twin of the pipeline: on
+    random rows (unknown categories and nulls included) its scores must be the sklearn
+    pipeline's predict_proba, bit for bit, on both of its tree walkers."""
+    name, by_version = models
+    client = mlflow.MlflowClient()
+    rng = np.random.default_rng(4)
+    for version, sklearn_model in by_version.items():
+        loaded = model_registry.load_version(client, name, version)
+        assert isinstance(loaded.compiled, scoring.CompiledPipeline), "the compiled path must be the one served"
+        for count in (1, 2, scoring.VECTORIZED_MAX_ROWS, scoring.VECTORIZED_MAX_ROWS + 1, 300):
+            columns = random_model_inputs(loaded, rng, count)
+            expected = sklearn_model.predict_proba(loaded.frame(columns))[:, 1]
+            got = loaded.score(columns)
+            assert np.array_equal(got, expected), (version, count, np.abs(got - expected).max())
+            assert np.array_equal(loaded.score_with_pyfunc(loaded.frame(columns)), expected)
+
+
+def test_a_model_that_does_not_compile_is_scored_through_pyfunc(cfg, models, monkeypatch, caplog):
+    name, by_version = models
+    client = mlflow.MlflowClient()
+    version, sklearn_model = next(iter(by_version.items()))
+    # Another model shape: refused by the compiler, served all the same.
+    with pytest.raises(scoring.NotCompilable):
+        scoring.CompiledPipeline.compile(sklearn_model.steps[-1][1], [])
+    # A compiled twin that would score differently: caught by the load-time check.
+    monkeypatch.setattr(scoring._Forest, "raw_predict", lambda self, features: np.zeros(len(features)))
+    loaded = model_registry.load_version(client, name, version)
+    assert loaded.compiled is None
+    assert "scoring through mlflow.pyfunc" in caplog.text and "differ" in caplog.text
+    columns = random_model_inputs(loaded, np.random.default_rng(5), 20)
+    assert np.array_equal(loaded.score(columns), sklearn_model.predict_proba(loaded.frame(columns))[:, 1])
 
 
 def test_readyz_and_predict_without_a_model(cfg, project, client):

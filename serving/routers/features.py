@@ -3,25 +3,23 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.datastructures import State
 
-from plumbing.online_store import FeatureValue, OnlineStoreReader
+from plumbing.config import ServingConfig
+from plumbing.online_store import MISSING, OnlineStoreReader
 from serving import metrics
-from serving.dependencies import (
-    Reader,
-    Settings,
-    check_entity_count,
-    require_api_key,
-    run_blocking,
-)
+from serving.dependencies import check_entity_count, json_response, require_api_key
 from serving.models import ERROR_RESPONSES, FeaturesRequest, FeaturesResponse
+from serving.online import Rows, read_rows
 
 router = APIRouter(prefix="/v1", tags=["features"], dependencies=[Depends(require_api_key)])
 
 
 @router.post("/features", response_model=FeaturesResponse, responses=ERROR_RESPONSES,
              summary="Feature values of entities, with their status and age")
-async def get_features(body: FeaturesRequest, reader: Reader, settings: Settings) -> dict:
+async def get_features(body: FeaturesRequest, request: Request) -> Response:
     """Reads every requested feature of every entity in one pipelined Redis round trip.
 
     Each value comes with its status: `present`, `missing` (nothing stored for this
@@ -29,36 +27,48 @@ async def get_features(body: FeaturesRequest, reader: Reader, settings: Settings
     than its feature view's ttl; the value is then null), and each feature view with the
     event time and age of its stored row.
     """
+    return await answer_features(request.app.state, body)
+
+
+async def answer_features(state: State, body: FeaturesRequest) -> Response:
+    """The answer to a valid request (also serving.fast_path's, which skips the routing)."""
+    settings: ServingConfig = state.settings  # read here, not as a dependency: one less to solve per request
     check_entity_count(len(body.entities), settings, "entities")
-    refs = body.feature_refs()
+    reader: OnlineStoreReader = state.reader
+    plan = reader.plan(body.feature_refs())
     entity_rows = [entity.model_dump(exclude_none=True) for entity in body.entities]
     now = datetime.now(timezone.utc)
-    results = await run_blocking(settings, read_online, reader, refs, entity_rows, now)
-    metrics.record_features_served(refs, results, now)
-    # Plain dicts: FastAPI validates and serializes them against FeaturesResponse in
-    # pydantic's Rust core, much faster than building model objects.
-    return {"features": refs,
-            "results": [_entity_out(entity, values, refs, now)
-                        for entity, values in zip(entity_rows, results, strict=True)]}
+    rows = await read_rows(state.redis, reader, plan, entity_rows, now, settings.request_timeout_s)
+    metrics.record_rows_served(plan, rows, now)
+    # The answer is built as plain data and serialized once (pydantic-core): FeaturesResponse
+    # documents it, and the tests check answers against it, but validating every answer
+    # again against the model costed more than the rest of the request.
+    return json_response({"features": plan.refs, "results": entity_results(plan, entity_rows, rows, now)})
 
 
-def read_online(reader: OnlineStoreReader, refs: list[str], entity_rows: list[dict[str, str]],
-                now: datetime) -> list[dict[str, FeatureValue]]:
-    """The reader's one round trip, timed (blocking: call it through run_blocking)."""
-    with metrics.ONLINE_READ.time():
-        return reader.read(refs, entity_rows, now)
-
-
-def _entity_out(entity: dict[str, str], values: dict[str, FeatureValue], refs: list[str], now: datetime) -> dict:
-    in_order = [values[ref] for ref in refs]  # the reader groups features by view: back to the request's order
-    event_times: dict[str, datetime | None] = {}
-    for ref, value in zip(refs, in_order, strict=True):
-        view = ref.partition(":")[0]
-        if event_times.get(view) is None:
-            event_times[view] = value.event_time  # the same for all features of the view's row
-    return {"entity": entity,
-            "values": [value.value for value in in_order],
-            "statuses": [value.status for value in in_order],
-            "event_times": event_times,
-            "ages_seconds": {view: None if time is None else (now - time).total_seconds()
-                             for view, time in event_times.items()}}
+def entity_results(plan: OnlineStoreReader.Plan, entity_rows: list[dict[str, str]], rows: Rows,
+                   now: datetime) -> list[dict]:
+    """One ``EntityFeatures`` per entity: values and statuses in the request's order, event
+    time and age per view (None when nothing of the view is stored for the entity)."""
+    view_names = [planned.view.name for planned in plan.views]
+    order = plan.order
+    results = []
+    for entity, view_rows in zip(entity_rows, rows, strict=True):
+        values: list = []
+        statuses: list = []
+        event_times: dict[str, datetime | None] = {}
+        ages: dict[str, float | None] = {}
+        for name, row in zip(view_names, view_rows, strict=True):
+            values += row.values
+            statuses += row.statuses
+            event_time = row.event_time
+            if event_time is not None and MISSING in row.statuses and all(s == MISSING for s in row.statuses):
+                event_time = None  # a stored row without any of the requested fields
+            event_times[name] = event_time
+            ages[name] = None if event_time is None else (now - event_time).total_seconds()
+        if order is not None:  # back to the request's order
+            values = [values[position] for position in order]
+            statuses = [statuses[position] for position in order]
+        results.append({"entity": entity, "values": values, "statuses": statuses, "event_times": event_times,
+                        "ages_seconds": ages})
+    return results

@@ -1,13 +1,15 @@
 """Liveness, readiness and metrics: for the orchestrator and Prometheus, no API key."""
 from __future__ import annotations
 
+import anyio
 import redis
+import redis.asyncio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from plumbing.config import ServingConfig
 from serving import metrics
-from serving.dependencies import RequestTimeout, Settings, run_blocking
+from serving.dependencies import Settings
 from serving.model_registry import ModelRegistry
 from serving.models import HealthResponse, ReadinessResponse
 
@@ -38,8 +40,9 @@ async def prometheus_metrics() -> Response:
     return Response(body, media_type=content_type)
 
 
-async def _redis_reachable(client: redis.Redis, settings: ServingConfig) -> bool:
+async def _redis_reachable(client: redis.asyncio.Redis, settings: ServingConfig) -> bool:
     try:
-        return bool(await run_blocking(settings, client.ping))
-    except (redis.RedisError, RequestTimeout):
+        with anyio.fail_after(settings.request_timeout_s):
+            return bool(await client.ping())
+    except (redis.RedisError, TimeoutError):
         return False
