@@ -41,7 +41,14 @@ from expectations.runner import record_validation, validate
 from expectations.suites import feature_table_suite, raw_events_suite
 from plumbing import tracking
 from plumbing.config import Config, ConfigError, load_config
-from plumbing.event_tables import bronze_table, dead_letter_table
+from plumbing.event_tables import (
+    ARRIVED_AT,
+    BATCH_ID,
+    BATCH_JOB_QUERY_ID,
+    QUERY_ID,
+    bronze_table,
+    dead_letter_table,
+)
 from plumbing.lake import LakeTable
 from plumbing.raw_events import SOURCE_DATE, read_history
 from plumbing.spark import get_spark
@@ -116,9 +123,9 @@ def read_valid_events(spark: SparkSession, cfg: Config, event_type: str, start: 
             raise ValidationFailed(f"raw {event_type} events: " + "; ".join(failures))
         # The stream stamps its rows with its micro-batch; these rows say they came from here.
         version = bronze_table(cfg, event_type).write(
-            valid_in_range.select(*SCHEMAS[event_type].fieldNames(), F.lit(now).alias("arrived_at"),
-                                  F.lit(-1).cast("bigint").alias("batch_id"),
-                                  F.lit("batch-features").alias("query_id")),
+            valid_in_range.select(*SCHEMAS[event_type].fieldNames(), F.lit(now).alias(ARRIVED_AT),
+                                  F.lit(-1).cast("bigint").alias(BATCH_ID),
+                                  F.lit(BATCH_JOB_QUERY_ID).alias(QUERY_ID)),
             mode="replace_range", replace_range=(start, end))
         mlflow.log_metric("bronze_table_version", version)
     return valid.drop(SOURCE_DATE)

@@ -123,7 +123,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from plumbing import tracking
 from plumbing.config import Config, ConfigError, load_config
-from plumbing.event_tables import bronze_table, dead_letter_table
+from plumbing.event_tables import ARRIVED_AT, BATCH_ID, QUERY_ID, bronze_table, dead_letter_table
 from plumbing.lake import LakeTable
 from plumbing.online_store import OnlineStoreWriter, WriteResult
 from plumbing.spark import get_spark
@@ -138,9 +138,6 @@ STREAMING_EXPERIMENT = "tessera/stream-features"
 
 # Columns the job adds to the records.
 EVENT_TYPE = "event_type"
-ARRIVED_AT = "arrived_at"  # the micro-batch's time: when the stream picked the record up
-BATCH_ID = "batch_id"
-QUERY_ID = "query_id"      # the checkpoint's query id: batch ids restart with a new checkpoint
 STATUS = "status"
 ACCEPTED, MALFORMED, TOO_LATE = "accepted", "malformed", "too_late"
 

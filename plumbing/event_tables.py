@@ -21,6 +21,12 @@ from plumbing.lake import LakeTable
 
 EVENT_TIME = "event_time"
 FILED_AT = "filed_at"
+# Where a bronze row came from: when it arrived, and the stream's checkpoint query and
+# micro-batch (batch ids restart with a new checkpoint), or BATCH_JOB_QUERY_ID and -1.
+ARRIVED_AT = "arrived_at"
+QUERY_ID = "query_id"
+BATCH_ID = "batch_id"
+BATCH_JOB_QUERY_ID = "batch-features"
 
 
 def bronze_table(cfg: Config, event_type: str) -> LakeTable:

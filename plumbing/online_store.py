@@ -523,30 +523,27 @@ class OnlineStoreReader:
             self._plans[refs] = plan
         return plan
 
-    def commands(self, plan: OnlineStoreReader.Plan, entity_rows: Sequence[Mapping[str, str]]) -> list[tuple]:
-        """One ``HMGET key _ts:<view> fields...`` per entity row and view, entity-major."""
-        commands = []
+    @staticmethod
+    def _keys(plan: OnlineStoreReader.Plan, entity_rows: Sequence[Mapping[str, str]]):
+        """(planned view, Redis key) per entity row and view, entity-major: the order of the replies."""
         for row_number, row in enumerate(entity_rows):
             for planned in plan.views:
                 view = planned.view
                 entity_id = row.get(view.join_key)
                 if entity_id is None:
                     raise KeyError(f"entity row {row_number} has no {view.join_key!r} (needed by {view.name})")
-                commands.append(("HMGET", view.key(entity_id), *planned.fields))
-        return commands
+                yield planned, view.key(entity_id)
+
+    def commands(self, plan: OnlineStoreReader.Plan, entity_rows: Sequence[Mapping[str, str]]) -> list[tuple]:
+        """One ``HMGET key _ts:<view> fields...`` per entity row and view, entity-major."""
+        return [("HMGET", key, *planned.fields) for planned, key in self._keys(plan, entity_rows)]
 
     def packed_commands(self, plan: OnlineStoreReader.Plan, entity_rows: Sequence[Mapping[str, str]]) -> bytes:
         """``commands`` in Redis's wire protocol, ready to send: each view's fields are
         encoded once per plan, so a request encodes only its keys."""
         parts = []
-        for row_number, row in enumerate(entity_rows):
-            for planned in plan.views:
-                view = planned.view
-                entity_id = row.get(view.join_key)
-                if entity_id is None:
-                    raise KeyError(f"entity row {row_number} has no {view.join_key!r} (needed by {view.name})")
-                key = view.key(entity_id)
-                parts += (planned.resp_head, b"$%d\r\n" % len(key), key, planned.resp_fields)
+        for planned, key in self._keys(plan, entity_rows):
+            parts += (planned.resp_head, b"$%d\r\n" % len(key), key, planned.resp_fields)
         return b"".join(parts)
 
     def decode(self, plan: OnlineStoreReader.Plan, replies: Sequence[list], now: datetime,

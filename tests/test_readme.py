@@ -9,8 +9,6 @@ import re
 import shlex
 import subprocess
 
-import pytest
-
 from plumbing.config import REPO_ROOT
 from serving.models import FeaturesRequest, PredictRequest
 
