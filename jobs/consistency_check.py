@@ -23,6 +23,8 @@ and its Redis write, its entities differ for a moment.
 Reports per table the entities checked, the mismatched ones and their rate, and per
 feature the mismatches and the largest absolute difference; records them in an MLflow
 run (experiment ``tessera/consistency-check``, report as ``consistency.json``).
+``comparisons`` gives the same comparison entity by entity and feature by feature, as a
+pandas DataFrame (``notebooks/03_online_vs_offline.ipynb`` plots it).
 
 Exit codes: 0 every table within ``--max-mismatch-rate``; 1 a table above it; 2 bad usage.
 """
@@ -37,6 +39,7 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 import mlflow
+import pandas as pd
 import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -155,22 +158,49 @@ def _equal(feature: Feature, tolerance: float) -> Column:
     return (batch.isNull() & online.isNull()) | F.coalesce(close, F.lit(False))
 
 
-def check_table(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: datetime,
-                sample_fraction: float = 1.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE) -> TableCheck:
+def _compared(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: datetime,
+              sample_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """(the batch side, persisted: unpersist it when done; both sides joined per entity)."""
     entity = table.entity_column
     batch = batch_values(spark, cfg, table, as_of)
     if sample_fraction < 1.0:
         batch = batch.sample(fraction=sample_fraction, seed=seed)
     batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
-    compared = batch.join(online_values(batch.select(entity), table, cfg, as_of), on=entity, how="left")
+    return batch, batch.join(online_values(batch.select(entity), table, cfg, as_of), on=entity, how="left")
 
+
+@dataclass(frozen=True)
+class _Conditions:
+    """The comparison's conditions on the joined sides (see the module docstring)."""
+
+    both: Column              # a batch row and a present Redis value
+    is_newer: Column          # the Redis value is from the cut-off or later: not comparable
+    presence_differs: Column
+    timestamp_differs: Column
+    feature_differs: dict[str, Column]  # per feature: both sides there, values unequal
+
+
+def _conditions(table: FeatureTable, as_of: datetime, tolerance: float) -> _Conditions:
     has_batch = F.col(BATCH_TS).isNotNull()
     has_online = F.col(ONLINE_STATUS) == PRESENT
     both = has_batch & has_online
-    is_newer = has_online & (F.col(ONLINE_TS) >= F.lit(as_of))
-    presence_differs = has_batch != has_online
-    timestamp_differs = both & (F.col(BATCH_TS) != F.col(ONLINE_TS))
-    feature_differs = {feature.name: both & ~_equal(feature, tolerance) for feature in table.features}
+    return _Conditions(
+        both=both,
+        is_newer=has_online & (F.col(ONLINE_TS) >= F.lit(as_of)),
+        presence_differs=has_batch != has_online,
+        timestamp_differs=both & (F.col(BATCH_TS) != F.col(ONLINE_TS)),
+        feature_differs={feature.name: both & ~_equal(feature, tolerance) for feature in table.features},
+    )
+
+
+def check_table(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: datetime,
+                sample_fraction: float = 1.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE) -> TableCheck:
+    entity = table.entity_column
+    batch, compared = _compared(spark, cfg, table, as_of, sample_fraction, seed)
+    conditions = _conditions(table, as_of, tolerance)
+    both, is_newer = conditions.both, conditions.is_newer
+    presence_differs, timestamp_differs = conditions.presence_differs, conditions.timestamp_differs
+    feature_differs = conditions.feature_differs
     any_differs = functools.reduce(Column.__or__, [presence_differs, timestamp_differs, *feature_differs.values()])
 
     def count_where(condition: Column) -> Column:
@@ -198,6 +228,50 @@ def check_table(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: da
         features={name: FeatureCheck(totals[f"mismatches__{name}"], totals[f"max_abs_diff__{name}"])
                   for name in table.feature_names},
         examples=sorted(examples))
+
+
+# Columns of ``comparisons``, one row per entity and feature.
+COMPARISON_COLUMNS = ["table", "entity", "feature", "batch_value", "online_value", "abs_diff", BATCH_TS,
+                      ONLINE_TS, ONLINE_STATUS, "skipped_newer", "matches"]
+
+
+def comparisons(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: datetime,
+                sample_fraction: float = 1.0, seed: int = 0,
+                tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+    """The comparison ``check_table`` counts, entity by entity and feature by feature, in pandas.
+
+    One row per entity of the (sampled) bronze events and feature of ``table``, columns
+    ``COMPARISON_COLUMNS``: the entity id; the batch value as of ``as_of`` and Redis's,
+    as floats (NaN: none), and their absolute difference (NaN unless both are numbers);
+    both sides' event times (UTC; NaT: none) and Redis's status; ``skipped_newer`` (the
+    Redis value is from the cut-off or later: not comparable, as in ``check_table``); and
+    ``matches``: presence, instant and value all agree. ``check_table``'s mismatched
+    entities are the rows not skipped and not matching, counted once per entity; its
+    mismatches of a feature are those where the values alone differ (both sides present,
+    same instant or not). Sampled as ``check_table`` samples (``sample_fraction``, ``seed``).
+    """
+    batch, compared = _compared(spark, cfg, table, as_of, sample_fraction, seed)
+    conditions = _conditions(table, as_of, tolerance)
+    entity_differs = conditions.presence_differs | conditions.timestamp_differs
+    per_feature = F.array(*[F.struct(
+        F.lit(name).alias("feature"),
+        F.col(batch_column(name)).cast("double").alias("batch_value"),
+        F.col(online_column(name)).cast("double").alias("online_value"),
+        F.abs(F.col(online_column(name)).cast("double") - F.col(batch_column(name)).cast("double")).alias("abs_diff"),
+        F.coalesce(~(entity_differs | differs), F.lit(False)).alias("matches"),
+    ) for name, differs in conditions.feature_differs.items()])
+    rows = compared.select(
+        F.lit(table.name).alias("table"), F.col(table.entity_column).alias("entity"),
+        F.col(BATCH_TS), F.col(ONLINE_TS), F.col(ONLINE_STATUS),
+        F.coalesce(conditions.is_newer, F.lit(False)).alias("skipped_newer"),
+        F.inline(per_feature),
+    ).toPandas()
+    batch.unpersist()
+    for column in (BATCH_TS, ONLINE_TS):  # Spark hands naive times of its session's zone (UTC here)
+        rows[column] = pd.to_datetime(rows[column])
+        if rows[column].dt.tz is None:
+            rows[column] = rows[column].dt.tz_localize(timezone.utc)
+    return rows[COMPARISON_COLUMNS].sort_values("entity", kind="stable", ignore_index=True)  # features in table order
 
 
 # ------------------------------------------------------------------ the job

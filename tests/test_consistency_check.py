@@ -76,3 +76,35 @@ def test_a_changed_value_and_a_missing_entity_are_reported_and_fail_the_check(sp
     assert run.data.metrics[f"{table.name}.txn_count_1h.mismatches"] == 1
     assert run.data.metrics[f"{table.name}.txn_count_1h.max_abs_diff"] == 96
     assert run.data.metrics[f"{table.name}.txn_amount_sum_24h.mismatches"] == 0
+
+
+def test_comparisons_show_each_entity_and_feature_as_the_check_counts_them(spark, env):
+    cfg = config(env)
+    _consistent_state(spark, cfg)
+    table, as_of = USER_TRANSACTION_FEATURES, datetime.now(timezone.utc)
+
+    consistent = consistency_check.comparisons(spark, cfg, table, as_of)
+
+    assert list(consistent.columns) == consistency_check.COMPARISON_COLUMNS
+    assert len(consistent) == 3 * len(table.feature_names)  # u0, u1, u2: every feature
+    assert consistent["matches"].all() and not consistent["skipped_newer"].any()
+    assert (consistent["online_event_timestamp"] == consistent["batch_event_timestamp"]).all()
+    u1 = consistent[consistent["entity"] == "u1"].set_index("feature")
+    assert list(u1.index) == table.feature_names
+    assert u1.loc["txn_count_1h", ["batch_value", "online_value"]].tolist() == [3.0, 3.0]
+    assert u1.loc["txn_lifetime_spend", "online_value"] == 10.0 * (1 + 4 + 7)
+    assert u1["batch_event_timestamp"].iloc[0] == T0 + timedelta(minutes=7)
+
+    online = redis.Redis(port=cfg.redis.port, password=cfg.redis_password())
+    online.hset(redis_key("user_id", "u1"), feature_field(table.name, "txn_count_1h"), encode_bigint(99))
+    online.delete(redis_key("user_id", "u2"))
+    changed = consistency_check.comparisons(spark, cfg, table, as_of)
+    check = consistency_check.check_table(spark, cfg, table, as_of)
+
+    wrong = changed[~changed["matches"]]
+    assert wrong["entity"].nunique() == check.mismatched_entities == 2
+    assert wrong[wrong["entity"] == "u1"][["feature", "batch_value", "online_value", "abs_diff"]].values.tolist() == [
+        ["txn_count_1h", 3.0, 99.0, 96.0]]
+    u2 = changed[changed["entity"] == "u2"]
+    assert (~u2["matches"]).all() and (u2["online_status"] == "missing").all() and u2["online_value"].isna().all()
+    assert changed.loc[changed["entity"] == "u0", "matches"].all()

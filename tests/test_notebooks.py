@@ -1,20 +1,23 @@
-"""The notebooks run top to bottom on a small generated history (their own asserts
-included: no value from the future, the rebuilt training set's hash), draw their plots,
-and are kept in git without outputs."""
+"""The notebooks run top to bottom on a small generated history and a short stream run
+(their own asserts included: no value from the future, the rebuilt training set's hash,
+online equal to batch after the stream drains), draw their plots, and are kept in git
+without outputs."""
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from jobs import batch_features, generate_events, train_model
+from jobs import batch_features, generate_events, stream_features, train_model
+from jobs.stream_features import StreamSettings
 from plumbing.config import REPO_ROOT, load_config
 from plumbing.lake import LakeTable
 from plumbing.raw_events import read_history
+from tests import test_stream_features as streaming
 from transformations.catalog import FEATURE_TABLES
 from transformations.schemas import EVENT_TYPES
 
@@ -24,6 +27,15 @@ END = START + timedelta(days=DAYS)
 # A high fraud rate so that a small history still has mature labels in the holdout.
 EVENTS, FRAUD_RATE = 20_000, 0.05
 TRAIN_ARGS = ["--holdout-days", "1", "--label-maturity-days", "5"]
+# The live part: a few seconds of events (a landing file per second and event type), as
+# many micro-batches, each taking one file of each type.
+LIVE_EVENTS, LIVE_RATE = 600, 100
+# Notebooks that read a stream run (the others need only demo_like_data).
+NEEDS_STREAM = {"03_online_vs_offline"}
+
+# A Redis of this module's own (the streaming tests' fixture): the notebooks read exactly
+# what the stream wrote, whatever the shared Redis holds.
+isolated_redis = streaming.isolated_redis
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +60,32 @@ def demo_like_data(local_services, spark, tmp_path_factory):
         yield cfg
 
 
+@pytest.fixture(scope="module")
+def stream_run(demo_like_data, isolated_redis, spark, tmp_path_factory):
+    """What `make demo`'s live part leaves behind, small: after the batch tables exist, the
+    streaming job drains a landing folder of recent events (trigger availableNow) into
+    Redis and bronze, one micro-batch per landing file, with its MLflow run. The kernels
+    see it through the environment (the Redis port and its data dir, the landing folder)."""
+    home, port = isolated_redis
+    root = tmp_path_factory.mktemp("stream")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"TESSERA__DATA_DIR": str(home), "TESSERA__REDIS__PORT": str(port),
+                           "TESSERA__EVENTS__LANDING_DIR": str(root / "landing")}.items():
+            patch.setenv(key, value)
+        cfg = load_config("local")
+        # Event times up to now: what a live generator would have written by now.
+        start = datetime.now(timezone.utc) - timedelta(seconds=LIVE_EVENTS / LIVE_RATE)
+        generate_events.generate_live(cfg.events.landing_dir, rate=LIVE_RATE, events=LIVE_EVENTS, seed=11,
+                                      users=100, start_time=start, realtime=False, progress=False)
+        settings = StreamSettings(checkpoint_location=root / "checkpoint", available_now=True,
+                                  max_files_per_trigger=1)
+        assert stream_features.run(cfg, settings, spark=spark) == 0
+        yield cfg
+
+
 def test_there_are_notebooks():
-    assert [path.name for path in NOTEBOOKS] == ["01_events_and_features.ipynb", "02_train_and_evaluate.ipynb"]
+    assert [path.name for path in NOTEBOOKS] == ["01_events_and_features.ipynb", "02_train_and_evaluate.ipynb",
+                                                 "03_online_vs_offline.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
@@ -62,7 +98,9 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_runs_and_draws_its_plots(demo_like_data, path):
+def test_notebook_runs_and_draws_its_plots(demo_like_data, request, path):
+    if path.stem in NEEDS_STREAM:
+        request.getfixturevalue("stream_run")
     notebook = nbformat.read(path, as_version=4)
     # Raises CellExecutionError, with the failing cell and its traceback, on any error.
     NotebookClient(notebook, timeout=600, kernel_name="python3",
