@@ -114,6 +114,7 @@ def compute_with_spark(history_dir: Path, out_dir: Path, start: dt.datetime, end
     from plumbing.spark import get_spark
     from transformations import cleaning
     from transformations.catalog import FEATURE_TABLES
+    from transformations.schemas import EVENT_ENTITY_COLUMNS
 
     cfg = load_config("local", environ={**os.environ, "TESSERA__EVENTS__HISTORY_URI": str(history_dir)})
     spark = get_spark(cfg, "bench-batch-features")
@@ -123,7 +124,8 @@ def compute_with_spark(history_dir: Path, out_dir: Path, start: dt.datetime, end
         checked = cleaning.validate_typed_events(read_history(spark, cfg, event_type, start, end), event_type,
                                                  now=now)
         valid, _ = cleaning.split_valid(checked)
-        sources[event_type] = (cleaning.drop_duplicate_events(valid, EVENT_ID_COLUMNS[event_type])
+        sources[event_type] = (cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type],
+                                                              EVENT_ID_COLUMNS[event_type])
                                .persist(StorageLevel.MEMORY_AND_DISK))
     for table in FEATURE_TABLES.values():
         # jobs.batch_features.compute_table, restated: importing that module loads Great

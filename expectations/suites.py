@@ -25,12 +25,7 @@ MAX_TRANSACTION_AMOUNT = 1_000_000.0  # one payment above this is a unit or pars
 FUTURE_TOLERANCE = timedelta(minutes=5)  # producer clocks may run a little ahead
 CURRENCIES = schemas.CURRENCIES
 
-# The column that identifies one event of each type: a repeated id is a double delivery.
-EVENT_ID_COLUMNS = {
-    schemas.TRANSACTIONS: "transaction_id",
-    schemas.ACTIVITY: "event_id",
-    schemas.CHARGEBACKS: "chargeback_id",
-}
+EVENT_ID_COLUMNS = schemas.EVENT_ID_COLUMNS
 
 
 def raw_events_suite(

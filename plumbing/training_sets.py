@@ -62,7 +62,7 @@ from plumbing.raw_events import read_history
 from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES
 from transformations.on_demand import amount_to_mean_ratio
-from transformations.schemas import CHARGEBACKS, TRANSACTIONS
+from transformations.schemas import CHARGEBACKS, EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, TRANSACTIONS
 from transformations.tables import FeatureTable
 
 EVENT_TIME = "event_time"   # the labelled events' time: features are taken as of it
@@ -310,8 +310,8 @@ def labelled_transactions(spark: SparkSession, cfg: Config, start: datetime, end
                          f"{label_cutoff.isoformat()} (maturity {maturity}), but the history ends at "
                          f"{history_end.isoformat() if history_end else 'nothing'}")
 
-    transactions = _valid_events(spark, cfg, TRANSACTIONS, "transaction_id", start, end, label_cutoff)
-    chargebacks = _valid_events(spark, cfg, CHARGEBACKS, "chargeback_id", start, label_cutoff, label_cutoff)
+    transactions = _valid_events(spark, cfg, TRANSACTIONS, start, end, label_cutoff)
+    chargebacks = _valid_events(spark, cfg, CHARGEBACKS, start, label_cutoff, label_cutoff)
     first_arrival = (chargebacks.groupBy(F.col("transaction_id"))
                      .agg(F.min(F.unix_micros(F.col(EVENT_TIME))).alias("chargeback_micros")))
     in_time = F.col("chargeback_micros") < F.unix_micros(F.col(EVENT_TIME)) + F.lit(_micros(maturity))
@@ -334,12 +334,12 @@ def history_bounds(spark: SparkSession, cfg: Config) -> tuple[datetime | None, d
     return first_day, last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
 
 
-def _valid_events(spark: SparkSession, cfg: Config, event_type: str, id_column: str,
+def _valid_events(spark: SparkSession, cfg: Config, event_type: str,
                   start: datetime, end: datetime, now: datetime) -> DataFrame:
     """Valid, de-duplicated raw events in [start, end): the batch job's own cleaning."""
     checked = cleaning.validate_typed_events(read_history(spark, cfg, event_type, start, end), event_type, now=now)
     valid, _ = cleaning.split_valid(checked)
-    return cleaning.drop_duplicate_events(valid, id_column)
+    return cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type])
 
 
 def _micros(duration: timedelta) -> int:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -296,10 +297,21 @@ def test_split_valid_keeps_declared_columns_for_valid_and_reason_for_rejected(sp
         [("{oops", "broken_json")]
 
 
-def test_drop_duplicate_events_in_batch_keeps_one_row_per_id(spark):
-    df = spark.createDataFrame([("t1", 1.0), ("t1", 1.0), ("t2", 2.0)], "transaction_id string, amount double")
-    expected = spark.createDataFrame([("t1", 1.0), ("t2", 2.0)], "transaction_id string, amount double")
-    assert_df_equality(cleaning.drop_duplicate_events(df, "transaction_id"), expected, ignore_row_order=True)
+def test_drop_duplicate_events_in_batch_keeps_one_row_per_entity_and_id(spark):
+    schema = "user_id string, transaction_id string, amount double"
+    df = spark.createDataFrame([("u1", "t1", 1.0), ("u1", "t1", 1.0), ("u1", "t2", 2.0), ("u2", "t3", 3.0)], schema)
+    expected = spark.createDataFrame([("u1", "t1", 1.0), ("u1", "t2", 2.0), ("u2", "t3", 3.0)], schema)
+    assert_df_equality(cleaning.drop_duplicate_events(df, "user_id", "transaction_id"), expected,
+                       ignore_row_order=True)
+
+
+def test_drop_duplicate_events_in_batch_is_partitioned_by_the_entity(spark):
+    """The windows partition by the entity: the dedupe's shuffle must serve them too."""
+    df = spark.createDataFrame([("u1", "t1"), ("u2", "t2")], "user_id string, transaction_id string")
+    deduplicated = cleaning.drop_duplicate_events(df, "user_id", "transaction_id")
+    windowed = deduplicated.select(F.count("*").over(Window.partitionBy("user_id")).alias("n"))
+    plan = windowed._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("Exchange") == 1 and "hashpartitioning(user_id" in plan
 
 
 # ------------------------------------------------------------------ on a stream
@@ -331,7 +343,8 @@ def test_drop_duplicate_events_on_a_stream_with_watermark_keeps_one_row_per_id(s
 
     def build(raw):
         valid, _ = cleaning.split_valid(cleaning.parse_json_events(raw, TRANSACTIONS, now=NOW))
-        return cleaning.drop_duplicate_events(valid.withWatermark("event_time", "1 hour"), "transaction_id")
+        return cleaning.drop_duplicate_events(valid.withWatermark("event_time", "1 hour"), "user_id",
+                                              "transaction_id")
 
     rows = _run_stream(spark, tmp_path, lines, build)
     assert sorted(r.transaction_id for r in rows) == ["t1", "t2"]

@@ -34,9 +34,11 @@ Lifetime features count all the entity's events with ``event_time <= t``.
 
 Events
 ------
-* Duplicate events (the same id: ``transaction_id``, ``event_id``, ``chargeback_id``)
-  count once: every function drops duplicates on the id itself, so it is safe on raw,
-  replayed input. Duplicates are taken to be identical replays.
+* Duplicate events (the same entity and id: ``transaction_id``, ``event_id``,
+  ``chargeback_id``) count once: every function drops duplicates itself
+  (``cleaning.drop_duplicate_events``), so it is safe on raw, replayed input.
+  Duplicates are taken to be identical replays; the raw-events suite flags an id seen
+  under two entities.
 * Input order does not matter: late and out-of-order events land in the windows of
   their event time (and so also change the rows after them).
 * A null ``amount`` still counts as a transaction (counts, lifetime count) but is left

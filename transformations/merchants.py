@@ -16,7 +16,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from transformations import windows
+from transformations import cleaning, windows
 from transformations.windows import EVENT_TIME, EVENT_TIMESTAMP
 
 MERCHANT_ID = "merchant_id"
@@ -32,24 +32,24 @@ COLUMNS = [
 def merchant_features(transactions: DataFrame, chargebacks: DataFrame) -> DataFrame:
     """The merchant feature table of ``transactions`` (``TRANSACTION_SCHEMA``) and
     ``chargebacks`` (``CHARGEBACK_SCHEMA``)."""
-    transaction_events = (
-        transactions.select(F.col("transaction_id"), F.col(MERCHANT_ID), F.col(EVENT_TIME))
-        .dropDuplicates(["transaction_id"])  # a replayed event counts once
-        .select(F.col(MERCHANT_ID), F.col(EVENT_TIME), F.lit(True).alias("is_transaction"))
-    )
-    chargeback_events = (
-        chargebacks.select(F.col("chargeback_id"), F.col(MERCHANT_ID), F.col(EVENT_TIME))
-        .dropDuplicates(["chargeback_id"])
-        .select(F.col(MERCHANT_ID), F.col(EVENT_TIME), F.lit(False).alias("is_transaction"))
-    )
+    # A replayed event counts once.
+    transaction_events = cleaning.drop_duplicate_events(
+        transactions.select(F.col("transaction_id"), F.col(MERCHANT_ID), F.col(EVENT_TIME)),
+        MERCHANT_ID, "transaction_id",
+    ).select(F.col(MERCHANT_ID), F.col(EVENT_TIME), F.lit(True).alias("is_transaction"))
+    chargeback_events = cleaning.drop_duplicate_events(
+        chargebacks.select(F.col("chargeback_id"), F.col(MERCHANT_ID), F.col(EVENT_TIME)),
+        MERCHANT_ID, "chargeback_id",
+    ).select(F.col(MERCHANT_ID), F.col(EVENT_TIME), F.lit(False).alias("is_transaction"))
     events = windows.with_event_micros(transaction_events.unionByName(chargeback_events))
     txn_count = windows.count_in_last(F.col("is_transaction"), MERCHANT_ID, windows.WINDOW_30D)
     chargeback_count = windows.count_in_last(~F.col("is_transaction"), MERCHANT_ID, windows.WINDOW_30D)
     per_event = events.select(
         F.col(MERCHANT_ID),
         F.col(EVENT_TIME).alias(EVENT_TIMESTAMP),
+        windows.last_of_instant(MERCHANT_ID),
         txn_count.alias("merchant_txn_count_30d"),
         chargeback_count.alias("merchant_chargeback_count_30d"),
         F.when(txn_count > 0, chargeback_count / txn_count).alias("merchant_chargeback_rate_30d"),
     )
-    return windows.one_row_per_instant(per_event, MERCHANT_ID).select(*COLUMNS)
+    return windows.one_row_per_instant(per_event).select(*COLUMNS)

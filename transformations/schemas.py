@@ -52,6 +52,11 @@ CHARGEBACK_SCHEMA = T.StructType([
 
 SCHEMAS = {TRANSACTIONS: TRANSACTION_SCHEMA, ACTIVITY: ACTIVITY_SCHEMA, CHARGEBACKS: CHARGEBACK_SCHEMA}
 
+# The id of one event of each type and the entity the event belongs to: a repeated
+# (entity, id) is a double delivery (``cleaning.drop_duplicate_events``).
+EVENT_ID_COLUMNS = {TRANSACTIONS: "transaction_id", ACTIVITY: "event_id", CHARGEBACKS: "chargeback_id"}
+EVENT_ENTITY_COLUMNS = {TRANSACTIONS: "user_id", ACTIVITY: "user_id", CHARGEBACKS: "merchant_id"}
+
 ACTIVITY_TYPES = ("login", "page_view", "session_start")
 CHANNELS = ("web", "app", "pos")
 # ISO 4217 codes the platform accepts in transactions.currency.

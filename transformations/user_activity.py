@@ -16,7 +16,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from transformations import windows
+from transformations import cleaning, windows
 from transformations.windows import EVENT_TIME, EVENT_TIMESTAMP
 
 USER_ID = "user_id"
@@ -32,16 +32,15 @@ COLUMNS = [
 
 def user_activity_features(activity: DataFrame) -> DataFrame:
     """The user activity feature table of ``activity`` (``ACTIVITY_SCHEMA``)."""
-    events = windows.with_event_micros(
+    events = windows.with_event_micros(cleaning.drop_duplicate_events(  # a replayed event counts once
         activity.select(
             F.col("event_id"),
             F.col(USER_ID),
             F.col("activity_type"),
             F.col("success"),
             F.col(EVENT_TIME),
-        )
-        .dropDuplicates(["event_id"])  # a replayed event counts once
-    )
+        ),
+        USER_ID, "event_id"))
     trailing = {"1h": windows.WINDOW_1H, "24h": windows.WINDOW_24H}
     is_login = F.col("activity_type") == "login"
     is_failed_login = is_login & (F.col("success") == F.lit(False))
@@ -51,10 +50,11 @@ def user_activity_features(activity: DataFrame) -> DataFrame:
     per_event = events.select(
         F.col(USER_ID),
         F.col(EVENT_TIME).alias(EVENT_TIMESTAMP),
+        windows.last_of_instant(USER_ID),
         *[windows.count_in_last(is_login, USER_ID, w).alias(f"logins_{name}") for name, w in trailing.items()],
         *[windows.count_in_last(is_failed_login, USER_ID, w).alias(f"failed_logins_{name}")
           for name, w in trailing.items()],
         *[windows.count_in_last(is_page_view, USER_ID, w).alias(f"page_views_{name}") for name, w in trailing.items()],
         *[windows.count_in_last(is_session_start, USER_ID, w).alias(f"sessions_{name}") for name, w in trailing.items()],
     )
-    return windows.one_row_per_instant(per_event, USER_ID).select(*COLUMNS)
+    return windows.one_row_per_instant(per_event).select(*COLUMNS)

@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from transformations import windows
+from transformations import cleaning, windows
 from transformations.on_demand import amount_to_mean_ratio
 from transformations.windows import EVENT_MICROS, EVENT_TIME, EVENT_TIMESTAMP
 
@@ -73,7 +73,7 @@ def user_transaction_features(transactions: DataFrame,
     baseline cannot tell them). ``baseline_until`` is also a previous instant for
     ``txn_seconds_since_prev``. Users without a baseline row start from zero.
     """
-    transactions = (
+    transactions = cleaning.drop_duplicate_events(  # a replayed event counts once
         transactions.select(
             F.col("transaction_id"),
             F.col(USER_ID),
@@ -81,13 +81,11 @@ def user_transaction_features(transactions: DataFrame,
             F.col("amount"),
             F.col("country"),
             F.col(EVENT_TIME),
-        )
-        .dropDuplicates(["transaction_id"])  # a replayed event counts once
-    )
+        ),
+        USER_ID, "transaction_id")
     events = windows.with_event_micros(_with_lifetime_baseline(transactions, lifetime_baseline))
 
     trailing = {name: windows.last(USER_ID, duration) for name, duration in WINDOWS.items()}
-    prior_7d = windows.last_before(USER_ID, windows.WINDOW_7D)
     same_instant = windows.same_instant(USER_ID)
     all_up_to = windows.all_up_to(USER_ID)
     all_before = windows.all_before(USER_ID)
@@ -110,10 +108,15 @@ def user_transaction_features(transactions: DataFrame,
     amounts_known = {name: windows.count_in_last(amount.isNotNull(), USER_ID, duration)
                      for name, duration in WINDOWS.items()}
     amount_sums = {name: windows.sum_in_last(amount, USER_ID, duration) for name, duration in WINDOWS.items()}
+    # The mean of (t - 7d, t), without the instant itself, likewise from running totals.
+    prior_known_7d = windows.count_before_in_last(amount.isNotNull(), USER_ID, windows.WINDOW_7D)
+    prior_mean_7d = F.when(prior_known_7d > 0,
+                           windows.sum_before_in_last(amount, USER_ID, windows.WINDOW_7D) / prior_known_7d)
 
     per_event = events.select(
         F.col(USER_ID),
         F.col(EVENT_TIME).alias(EVENT_TIMESTAMP),
+        windows.last_of_instant(USER_ID),
         *[windows.count_in_last(F.lit(True), USER_ID, duration).alias(f"txn_count_{name}")
           for name, duration in WINDOWS.items()],
         *[amount_sums[name].alias(f"txn_amount_sum_{name}") for name in WINDOWS],
@@ -125,8 +128,7 @@ def user_transaction_features(transactions: DataFrame,
         F.size(F.collect_set("country").over(trailing["24h"])).cast("bigint")
         .alias("txn_distinct_countries_24h"),
         ((F.col(EVENT_MICROS) - previous_micros) / windows.MICROS_PER_SECOND).alias("txn_seconds_since_prev"),
-        amount_to_mean_ratio(F.sum(amount).over(same_instant), F.avg(amount).over(prior_7d))
-        .alias("txn_amount_to_mean_7d_ratio"),
+        amount_to_mean_ratio(F.sum(amount).over(same_instant), prior_mean_7d).alias("txn_amount_to_mean_7d_ratio"),
         F.when(not_in_baseline, lifetime_count).alias("txn_lifetime_count"),
         F.when(not_in_baseline, lifetime_spend).alias("txn_lifetime_spend"),
     )
@@ -136,7 +138,7 @@ def user_transaction_features(transactions: DataFrame,
         f"txn_amount_mean_{name}": F.when(F.col(f"_amounts_known_{name}") > 0,
                                           F.col(f"txn_amount_sum_{name}") / F.col(f"_amounts_known_{name}"))
         for name in WINDOWS})
-    return windows.one_row_per_instant(with_means, USER_ID).select(*COLUMNS)
+    return windows.one_row_per_instant(with_means).select(*COLUMNS)
 
 
 def _with_lifetime_baseline(transactions: DataFrame, lifetime_baseline: DataFrame | None) -> DataFrame:

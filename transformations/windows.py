@@ -41,11 +41,6 @@ def last(entity: str, duration: timedelta) -> WindowSpec:
     return _by_instant(entity).rangeBetween(-(_micros(duration) - 1), 0)
 
 
-def last_before(entity: str, duration: timedelta) -> WindowSpec:
-    """The entity's events in ``(t - duration, t)``: the window without the row's instant."""
-    return _by_instant(entity).rangeBetween(-(_micros(duration) - 1), -1)
-
-
 def same_instant(entity: str) -> WindowSpec:
     """The entity's events at exactly ``t``: the events one row collapses."""
     return _by_instant(entity).rangeBetween(0, 0)
@@ -82,6 +77,22 @@ def count_in_last(condition: Column, entity: str, duration: timedelta) -> Column
     return running - left_behind
 
 
+def count_before_in_last(condition: Column, entity: str, duration: timedelta) -> Column:
+    """Like :func:`count_in_last` over ``(t - duration, t)``: the window without the
+    row's instant (the running count before t minus the running count at t - duration)."""
+    flag = F.when(condition, F.lit(1)).otherwise(F.lit(0)).cast("bigint")
+    before = F.coalesce(F.sum(flag).over(all_before(entity)), F.lit(0).cast("bigint"))
+    left_behind = F.coalesce(F.sum(flag).over(up_to_window_start(entity, duration)), F.lit(0).cast("bigint"))
+    return before - left_behind
+
+
+def sum_before_in_last(value: Column, entity: str, duration: timedelta) -> Column:
+    """Like :func:`sum_in_last` over ``(t - duration, t)``: the window without the row's instant."""
+    before = F.coalesce(F.sum(value).over(all_before(entity)), F.lit(0.0))
+    left_behind = F.coalesce(F.sum(value).over(up_to_window_start(entity, duration)), F.lit(0.0))
+    return before - left_behind
+
+
 def sum_in_last(value: Column, entity: str, duration: timedelta) -> Column:
     """The sum of a double ``value`` over the entity's events in ``(t - duration, t]``
     (nulls skipped; 0.0 when there is nothing to add), as a difference of running sums:
@@ -97,10 +108,24 @@ def count_where(condition: Column, window: WindowSpec) -> Column:
     return F.count(F.when(condition, True)).over(window)
 
 
-def one_row_per_instant(per_event: DataFrame, entity: str) -> DataFrame:
-    """Collapse the events of one instant into one row.
+LAST_OF_INSTANT = "_last_of_instant"
+
+
+def last_of_instant(entity: str) -> Column:
+    """True on exactly one event of each (entity, instant): the last in the frames'
+    order. Select it, as ``LAST_OF_INSTANT``, beside the features it marks: in the same
+    window pass, it costs one look at the next row."""
+    next_micros = F.lead(EVENT_MICROS).over(_by_instant(entity))
+    return F.coalesce(next_micros != F.col(EVENT_MICROS), F.lit(True)).alias(LAST_OF_INSTANT)
+
+
+def one_row_per_instant(per_event: DataFrame) -> DataFrame:
+    """Collapse the events of one instant into one row (``per_event`` has the
+    ``LAST_OF_INSTANT`` column of :func:`last_of_instant`).
 
     Range frames give every event of an instant the same frame, so all window values
-    of those events are equal and any one of their rows is the instant's row.
+    of those events are equal and any one of their rows is the instant's row. Why not
+    ``dropDuplicates([entity, instant])``: a hash aggregation over every feature column,
+    ~15 % of the batch job's CPU, where the sorted window output needs only a filter.
     """
-    return per_event.dropDuplicates([entity, EVENT_TIMESTAMP])
+    return per_event.where(F.col(LAST_OF_INSTANT)).drop(LAST_OF_INSTANT)
