@@ -129,7 +129,7 @@ from plumbing.online_store import OnlineStoreWriter, WriteResult
 from plumbing.spark import get_spark
 from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES, USER_TRANSACTION_FEATURES
-from transformations.schemas import ACTIVITY, CHARGEBACKS, EVENT_TYPES, SCHEMAS, TRANSACTIONS
+from transformations.schemas import ACTIVITY, CHARGEBACKS, EVENT_ID_COLUMNS, EVENT_TYPES, SCHEMAS, TRANSACTIONS
 from transformations.tables import FeatureTable
 from transformations.user_transactions import LIFETIME_BASELINE_SCHEMA, USER_ID
 from transformations.windows import EVENT_TIME
@@ -361,7 +361,6 @@ def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id
 RETENTION = {event_type: max(table.ttl for table in FEATURE_TABLES.values() if event_type in table.sources)
              for event_type in EVENT_TYPES}
 EVICT_EVERY = timedelta(hours=1)  # of event time: how far the horizon moves before old events are dropped
-_EVENT_IDS = {TRANSACTIONS: "transaction_id", ACTIVITY: "event_id", CHARGEBACKS: "chargeback_id"}
 
 
 class EventHistory:
@@ -395,7 +394,7 @@ class EventHistory:
                 events[event_type] = EVENT_ARROW_SCHEMAS[event_type].empty_table()
                 continue
             recent = (table.read(spark, start=horizon[event_type]).where(not_this_batch)
-                      .dropDuplicates([_EVENT_IDS[event_type]]).select(*SCHEMAS[event_type].fieldNames()))
+                      .dropDuplicates([EVENT_ID_COLUMNS[event_type]]).select(*SCHEMAS[event_type].fieldNames()))
             events[event_type] = recent.toArrow().cast(EVENT_ARROW_SCHEMAS[event_type])
             if event_type == TRANSACTIONS:
                 older = (table.read(spark, end=horizon[event_type]).where(not_this_batch)
@@ -762,11 +761,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stream_features: {exc}", file=sys.stderr)
         return 2
     settings = settings_from_args(args, cfg)
+    spark = get_spark(cfg, "stream-features")
     stop = threading.Event()
     # The handler only sets the flag: the main thread stops the query between its waits.
+    # Installed after the session starts: PySpark's SparkContext sets its own SIGINT handler
+    # (cancel every job, raise KeyboardInterrupt), which would make Ctrl-C a failure.
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
-    return run(cfg, settings, stop=stop)
+    return run(cfg, settings, spark=spark, stop=stop)
 
 
 if __name__ == "__main__":

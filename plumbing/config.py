@@ -79,6 +79,12 @@ class RedisConfig(_Section):
     port: int = Field(6390, ge=1, le=65535)
     db: int = Field(0, ge=0)
     password_env: str = "TESSERA_REDIS_PASSWORD"
+    # A managed Redis: an ACL user (None: Redis's "default" user), TLS, and the CA bundle
+    # that signed the server's certificate (None: the system's). The local redis-server
+    # that `tessera up` starts speaks plain TCP on loopback, so keep these off with it.
+    username: str | None = None
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
     start_local: bool = True  # `tessera up` starts redis-server; False for a managed Redis
 
 

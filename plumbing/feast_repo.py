@@ -48,13 +48,21 @@ def feature_store_config(cfg: Config, project: str = FEAST_PROJECT, directory: P
     password = cfg.redis_password()
     if "," in password:
         raise ValueError("the Redis password cannot contain ',' (Feast's connection-string separator)")
+    connection = f"{cfg.redis.host}:{cfg.redis.port},db={cfg.redis.db},password={password}"
+    # Feast hands these on to redis-py as keyword arguments ("ssl=true" is read as JSON: True).
+    if cfg.redis.username:
+        connection += f",username={cfg.redis.username}"
+    if cfg.redis.ssl:
+        connection += ",ssl=true"
+        if cfg.redis.ssl_ca_certs:
+            connection += f",ssl_ca_certs={cfg.redis.ssl_ca_certs}"
     return {
         "project": project,
         "provider": "local",
         "registry": {"registry_type": "file", "path": str(directory / "registry.db"), "cache_ttl_seconds": 60},
         "online_store": {
             "type": "redis",
-            "connection_string": f"{cfg.redis.host}:{cfg.redis.port},db={cfg.redis.db},password={password}",
+            "connection_string": connection,
             "key_ttl_seconds": int(longest_ttl.total_seconds()) or None,
         },
         # Feast's DuckDB store, reading Delta through deltalake: see that module for why.

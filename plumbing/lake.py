@@ -172,6 +172,15 @@ class LakeTable:
         """
         return self._delta_table().history(limit)
 
+    def restore(self, version: int) -> int:
+        """Make ``version``'s content (files and schema) current again in a NEW commit (Delta
+        RESTORE) and return that commit's version. History is kept: every version, the
+        restored-over ones included, stays readable by time travel."""
+        table = self._delta_table()
+        table.restore(version, commit_properties=CommitProperties(
+            custom_metadata={MODE_KEY: "restore", RANGE_KEY: f"version {version}"}))
+        return self.version()  # read again: the restore commit is the newest version
+
     def schema(self, version: int | None = None) -> StructType:
         """The Spark schema of the table (as ``read`` returns it), at ``version`` or the latest."""
         return _spark_schema(self._delta_table(version))

@@ -247,10 +247,22 @@ class RedisSettings:
     port: int
     db: int
     password: str | None = field(default=None, repr=False)
+    username: str | None = None      # redis.username (ACL user)
+    ssl: bool = False                # redis.ssl: TLS to a managed Redis
+    ssl_ca_certs: str | None = None  # redis.ssl_ca_certs: CA bundle (None: the system's)
 
     @classmethod
     def from_config(cls, cfg: Config) -> RedisSettings:
-        return cls(cfg.redis.host, cfg.redis.port, cfg.redis.db, cfg.redis_password())
+        return cls(cfg.redis.host, cfg.redis.port, cfg.redis.db, cfg.redis_password(),
+                   cfg.redis.username, cfg.redis.ssl, cfg.redis.ssl_ca_certs)
+
+    def client_options(self) -> dict:
+        """The connection options redis-py's clients (sync and asyncio) take for these settings."""
+        options = {"host": self.host, "port": self.port, "db": self.db, "password": self.password,
+                   "username": self.username}
+        if self.ssl:
+            options.update(ssl=True, ssl_ca_certs=self.ssl_ca_certs)
+        return options
 
 
 _POOLS: dict[RedisSettings, redis.ConnectionPool] = {}
@@ -263,9 +275,11 @@ def redis_client(settings: RedisSettings) -> redis.Redis:
     """
     pool = _POOLS.get(settings)
     if pool is None:
+        options = settings.client_options()
+        if options.pop("ssl", False):  # a pool takes TLS as its connection class
+            options["connection_class"] = redis.SSLConnection
         pool = _POOLS[settings] = redis.ConnectionPool(
-            host=settings.host, port=settings.port, db=settings.db, password=settings.password,
-            socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+            **options, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
     return redis.Redis(connection_pool=pool)
 
 

@@ -7,8 +7,9 @@ Endpoints: POST /v1/features, POST /v1/predict, GET /healthz, /readyz, /metrics;
 OpenAPI document at /openapi.json, interactive docs at /docs.
 
 Safety rules, all here or in the dependencies:
-  * an X-API-Key header when ``serving.require_api_key`` (the key comes from the environment
-    variable named by ``serving.api_key_env``; the app refuses to start without it);
+  * an X-API-Key header when ``serving.require_api_key`` (the keys come from the environment
+    variable named by ``serving.api_key_env``, comma-separated for a rotation; the app refuses
+    to start without one);
   * bodies over ``serving.max_body_bytes`` are 413, more than ``serving.max_entities``
     entities or transactions 422, work past ``serving.request_timeout_s`` 504;
   * invalid input is 422 with a message per field; Redis unreachable is 503 (redis-py
@@ -95,15 +96,21 @@ def app_from_environment() -> FastAPI:
     return create_app(load_config())
 
 
-def _api_key(cfg: Config) -> bytes | None:
-    """The key requests must carry, or None when the profile requires none."""
+def _api_key(cfg: Config) -> tuple[bytes, ...] | None:
+    """The keys requests may carry, or None when the profile requires none.
+
+    The variable named by ``serving.api_key_env`` holds one key or several, comma-separated,
+    all accepted: a key is rotated without refusing a client (docs/operations.md): deploy
+    "new,old", move the clients to the new key, then deploy "new" alone.
+    """
     if not cfg.serving.require_api_key:
         return None
-    key = os.environ.get(cfg.serving.api_key_env)
-    if not key:
+    keys = tuple(key.strip().encode() for key in os.environ.get(cfg.serving.api_key_env, "").split(",")
+                 if key.strip())
+    if not keys:
         raise ConfigError(f"serving.require_api_key is true for profile {cfg.profile}, but the environment "
                           f"variable {cfg.serving.api_key_env} (serving.api_key_env) holding the key is not set")
-    return key.encode()
+    return keys
 
 
 # ---- errors: one JSON shape (models.ErrorResponse), never a traceback ---------------------

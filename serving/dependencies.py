@@ -53,18 +53,23 @@ _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
 
 
 async def require_api_key(request: Request, api_key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """401 unless the header matches the configured key; no check when none is configured."""
+    """401 unless the header matches a configured key; no check when none is configured."""
     if not api_key_accepted(request.app.state.api_key, None if api_key is None else api_key.encode()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key",
                             headers={"WWW-Authenticate": API_KEY_HEADER})
 
 
-def api_key_accepted(expected: bytes | None, given: bytes | None) -> bool:
-    """True when no key is configured, or ``given`` is it."""
+def api_key_accepted(expected: tuple[bytes, ...] | None, given: bytes | None) -> bool:
+    """True when no key is configured, or ``given`` is one of the configured keys (several
+    during a rotation)."""
     if expected is None:
         return True
-    # Constant-time comparison: the answer's timing says nothing about how much matched.
-    return given is not None and hmac.compare_digest(given, expected)
+    if given is None:
+        return False
+    # Constant-time comparisons, all of them: the answer's timing says nothing about how
+    # much of a key matched, nor which key.
+    matches = [hmac.compare_digest(given, key) for key in expected]
+    return any(matches)
 
 
 def check_entity_count(count: int, settings: ServingConfig, field: str) -> None:

@@ -33,8 +33,7 @@ def async_redis_client(settings: RedisSettings) -> redis.asyncio.Redis:
     # redis-py's per-reply timer cost more than the reply's parsing. No retries inside
     # redis-py: its default backs off for seconds when Redis is down, where the API must
     # answer 503 at once; _round_trip retries a stale connection itself, once.
-    return redis.asyncio.Redis(host=settings.host, port=settings.port, db=settings.db, password=settings.password,
-                               socket_connect_timeout=5, socket_timeout=None, health_check_interval=30,
+    return redis.asyncio.Redis(**settings.client_options(), socket_connect_timeout=5, socket_timeout=None, health_check_interval=30,
                                retry=Retry(NoBackoff(), 0))
 
 

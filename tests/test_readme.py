@@ -9,36 +9,28 @@ import re
 import shlex
 import subprocess
 
+import pytest
+
+from jobs.cli import JOBS
 from plumbing.config import REPO_ROOT
 from serving.models import FeaturesRequest, PredictRequest
+from tests.doc_commands import bash_commands, program
 
 README = (REPO_ROOT / "README.md").read_text()
 KNOWN_PROGRAMS = {"make", "curl", "export", "spark-submit"}
 REQUEST_MODELS = {"/v1/features": FeaturesRequest, "/v1/predict": PredictRequest}
 
+COMMANDS = bash_commands(README)
 
-def _commands() -> list[str]:
-    """The commands of the ```bash blocks, continuation lines joined, comments dropped."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
-        pending = ""
-        for line in block.replace("\\\n", " ").splitlines():
-            pending = f"{pending}\n{line}" if pending else line
-            try:
-                words = shlex.split(pending, comments=True)
-            except ValueError:  # a quoted string goes on over the next line
-                continue
-            if words:
-                commands.append(pending.strip())
-            pending = ""
-    return commands
-
-
-COMMANDS = _commands()
+# docs/*.md: each page's shell blocks are run, as written, by tests/test_docs.py; these are
+# the kinds of command it knows how to run. A page with commands must be one it runs.
+DOC_PAGES = sorted((REPO_ROOT / "docs").glob("*.md"))
+DOC_PROGRAMS = {"git", "curl", "export", ".venv/bin/pytest", ".venv/bin/tessera"}
+DOC_PAGES_RUN_BY_TEST_DOCS = {"adding_a_feature.md", "operations.md"}
 
 
 def _program(command: str) -> str:
-    return shlex.split(command, comments=True)[0]
+    return program(command)
 
 
 def test_every_command_is_a_kind_this_test_checks():
@@ -77,3 +69,29 @@ def test_spark_submit_examples_run_as_written(local_services, tmp_path):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "lake" / "user_transaction_features" / "_delta_log").is_dir()
+
+
+def test_there_are_docs_and_the_readme_links_every_page():
+    assert {page.name for page in DOC_PAGES} >= {"architecture.md", "adding_a_feature.md", "operations.md",
+                                                 "production.md"}
+    for page in DOC_PAGES:
+        assert f"(docs/{page.name})" in README, f"README does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda page: page.name)
+def test_docs_commands_are_kinds_the_doc_test_runs(page):
+    commands = bash_commands(page.read_text())
+    if not commands:
+        return
+    assert page.name in DOC_PAGES_RUN_BY_TEST_DOCS, f"{page.name} has shell commands no test runs"
+    unknown = [command for command in commands if _program(command) not in DOC_PROGRAMS]
+    assert not unknown, f"{page.name}: commands of a kind tests/test_docs.py does not run: {unknown}"
+    for command in commands:
+        words = shlex.split(command, comments=True)
+        if words[0] == ".venv/bin/tessera":
+            assert words[1] in JOBS, f"{page.name}: no subcommand {words[1]!r}: {command}"
+        # A valid request: a 422 would be a ValidationError here. Not on the worked example's
+        # page: it asks for the feature it adds, and test_docs runs it against the changed API.
+        if words[0] == "curl" and page.name != "adding_a_feature.md":
+            path = re.sub(r"^(https?://)?[^/]+", "", next(word for word in words if word.startswith("localhost:")))
+            REQUEST_MODELS[path].model_validate(json.loads(words[words.index("-d") + 1]))

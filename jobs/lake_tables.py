@@ -1,0 +1,155 @@
+"""`tessera table`: look after the offline store's Delta tables.
+
+    tessera table history  <table>                 versions, newest first, each with its MLflow run
+    tessera table rollback <table> --version N     make version N's content current again
+    tessera table report   <table> [--version N]   fetch the validation report of a version
+
+A rollback is a Delta RESTORE: a NEW commit whose content (files and schema) is version N's.
+No history is rewritten: every version stays readable by time travel, and rolling back
+the rollback is another restore. The rollback has its own MLflow run in
+``tessera/feature-tables`` (tags ``delta_version`` = the new version, ``restored_from_version`` = N),
+so "which run made the current version" always has an answer.
+
+Only the offline store is rolled back. Redis keeps the newest row per entity (an older
+row never replaces a newer one), so online values stay those of the current code until
+the entity's next event; see docs/operations.md.
+
+Works on any table under ``lake.root`` (feature tables, ``bronze_*``, dead letters), local
+or S3. Needs no Spark: the metadata and the restore go through ``deltalake``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from plumbing import tracking
+from plumbing.config import Config, ConfigError, load_config
+from plumbing.lake import MODE_KEY, RANGE_KEY, LakeError, LakeTable, table_uri
+
+RESTORED_FROM_TAG = "restored_from_version"
+
+
+def _table(cfg: Config, name: str) -> LakeTable:
+    table = LakeTable.for_config(cfg, name)
+    if not table.exists():
+        raise LakeError(f"no Delta table {name!r} at {table_uri(cfg, name)}")
+    return table
+
+
+def _runs_by_version(cfg: Config, name: str) -> dict[int, str]:
+    """Delta version -> id of the newest MLflow run that recorded it (runs come newest first)."""
+    by_version: dict[int, str] = {}
+    for run in tracking.find_runs(cfg, name):
+        version = run.data.tags.get(tracking.DELTA_VERSION_TAG)
+        if version is not None and version.isdigit():
+            by_version.setdefault(int(version), run.info.run_id)
+    return by_version
+
+
+def history(cfg: Config, name: str) -> list[dict]:
+    """One dict per commit, newest first: version, UTC time, operation, mode, range, run id."""
+    runs = _runs_by_version(cfg, name)
+    rows = []
+    for commit in _table(cfg, name).history():
+        version = commit["version"]
+        when = datetime.fromtimestamp(commit["timestamp"] / 1000, tz=timezone.utc)
+        rows.append({"version": version, "time": when.strftime("%Y-%m-%d %H:%M:%S"),
+                     # A key may be absent or null (a schema-only commit has no mode).
+                     "operation": commit.get("operation") or "",
+                     "mode": commit.get(MODE_KEY) or "", "range": _range_text(commit.get(RANGE_KEY)),
+                     "run": runs.get(version, "")})
+    return rows
+
+
+def _range_text(value) -> str:
+    """A replace's [start, end) dates as "start..end"; other notes as they are."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"{value[0]}..{value[1]}"
+    return str(value or "")
+
+
+def rollback(cfg: Config, name: str, version: int) -> int:
+    """Restore ``name`` to ``version`` in a new commit, tracked in MLflow; return the new version."""
+    table = _table(cfg, name)
+    current = table.version()
+    if not 0 <= version < current:
+        raise LakeError(f"{name}: can roll back only to a version in 0..{current - 1} (current: {current})")
+    with tracking.feature_table_run(cfg, name, run_name=f"{name} rollback to {version}",
+                                    tags={RESTORED_FROM_TAG: str(version)}):
+        new_version = table.restore(version)
+        tracking.log_delta_version(new_version)
+    return new_version
+
+
+def fetch_report(cfg: Config, name: str, version: int | None, out: Path) -> tuple[str, Path]:
+    """Download the validation artifacts of the run that wrote ``version`` (default: the
+    current version) into ``out``; return (run id, local folder of the report)."""
+    from mlflow import MlflowClient
+
+    version = _table(cfg, name).version() if version is None else version
+    runs = tracking.find_runs(cfg, name, delta_version=version)
+    if not runs:
+        raise LakeError(f"{name}: no MLflow run recorded Delta version {version}")
+    run_id = runs[0].info.run_id
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    if not client.list_artifacts(run_id, f"validation/{name}"):  # e.g. a rollback's run: nothing validated
+        raise LakeError(f"{name}: run {run_id} of Delta version {version} has no validation report")
+    out.mkdir(parents=True, exist_ok=True)
+    local = client.download_artifacts(run_id, f"validation/{name}", str(out))
+    return run_id, Path(local)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
+                        help="config profile or YAML path (default: $TESSERA_PROFILE or local)")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="action")
+    show = sub.add_parser("history", help="the table's versions, newest first, with their MLflow runs")
+    show.add_argument("table")
+    back = sub.add_parser("rollback", help="make an old version current again, in a new commit")
+    back.add_argument("table")
+    back.add_argument("--version", type=int, required=True, help="the version whose content to restore")
+    report = sub.add_parser("report", help="download the validation report (GX result, data docs) of a version")
+    report.add_argument("table")
+    report.add_argument("--version", type=int, help="Delta version (default: the current one)")
+    report.add_argument("--out", type=Path, help="folder to download into (default: <data_dir>/reports/<table>-v<N>)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.profile)
+    except ConfigError as exc:
+        print(f"tessera table: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "history":
+            print(f"{'version':>7}  {'time (UTC)':19}  {'operation':14} {'mode':14} {'range':24} mlflow run")
+            for row in history(cfg, args.table):
+                print(f"{row['version']:>7}  {row['time']:19}  {row['operation']:14} {row['mode']:14} "
+                      f"{row['range']:24} {row['run']}")
+        elif args.action == "rollback":
+            new_version = rollback(cfg, args.table, args.version)
+            print(f"{args.table}: version {new_version} restores version {args.version} "
+                  f"(every earlier version is still readable)")
+        else:
+            version = args.version
+            out = args.out or cfg.data_dir / "reports" / f"{args.table}-v{'current' if version is None else version}"
+            run_id, folder = fetch_report(cfg, args.table, version, out)
+            failed = (folder / "failed.txt").read_text().strip() if (folder / "failed.txt").exists() else ""
+            print(f"{args.table}: validation report of run {run_id} in {folder}")
+            print(f"  data docs: {folder / 'data_docs' / 'index.html'}")
+            print(f"  GX result: {folder / 'result.json'}")
+            print("  failed expectations: " + (failed.replace("\n", "\n    ") if failed else "none"))
+    except LakeError as exc:
+        print(f"tessera table: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
