@@ -24,7 +24,7 @@ Single features:
 """
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -109,9 +109,10 @@ def user_transaction_features(transactions: DataFrame,
                      for name, duration in WINDOWS.items()}
     amount_sums = {name: windows.sum_in_last(amount, USER_ID, duration) for name, duration in WINDOWS.items()}
     # The mean of (t - 7d, t), without the instant itself, likewise from running totals.
-    prior_known_7d = windows.count_before_in_last(amount.isNotNull(), USER_ID, windows.WINDOW_7D)
+    prior_known_7d = windows.count_in_last(amount.isNotNull(), USER_ID, windows.WINDOW_7D,
+                                            with_instant=False)
     prior_mean_7d = F.when(prior_known_7d > 0,
-                           windows.sum_before_in_last(amount, USER_ID, windows.WINDOW_7D) / prior_known_7d)
+                           windows.sum_in_last(amount, USER_ID, windows.WINDOW_7D, with_instant=False) / prior_known_7d)
 
     per_event = events.select(
         F.col(USER_ID),

@@ -10,7 +10,7 @@ plan anew each micro-batch).
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import lru_cache
+from functools import cache
 
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
@@ -35,45 +35,46 @@ def _micros(duration: timedelta) -> int:
     return duration // timedelta(microseconds=1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _by_instant(entity: str) -> WindowSpec:
     return Window.partitionBy(entity).orderBy(EVENT_MICROS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def last(entity: str, duration: timedelta) -> WindowSpec:
     """The entity's events in ``(t - duration, t]``."""
     return _by_instant(entity).rangeBetween(-(_micros(duration) - 1), 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def same_instant(entity: str) -> WindowSpec:
     """The entity's events at exactly ``t``: the events one row collapses."""
     return _by_instant(entity).rangeBetween(0, 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_up_to(entity: str) -> WindowSpec:
     """The entity's events in ``(-inf, t]``: lifetime totals."""
     return _by_instant(entity).rangeBetween(Window.unboundedPreceding, 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_before(entity: str) -> WindowSpec:
     """The entity's events in ``(-inf, t)``: the previous instant."""
     return _by_instant(entity).rangeBetween(Window.unboundedPreceding, -1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def up_to_window_start(entity: str, duration: timedelta) -> WindowSpec:
     """The entity's events in ``(-inf, t - duration]``: what a window of that length has
     already left behind."""
     return _by_instant(entity).rangeBetween(Window.unboundedPreceding, -_micros(duration))
 
 
-def count_in_last(condition: Column, entity: str, duration: timedelta) -> Column:
-    """The number of the entity's events in ``(t - duration, t]`` for which ``condition``
-    is true (bigint), as the running count at t minus the running count at t - duration.
+def count_in_last(condition: Column, entity: str, duration: timedelta, with_instant: bool = True) -> Column:
+    """The number of the entity's events in ``(t - duration, t]`` (``(t - duration, t)``
+    without ``with_instant``) for which ``condition`` is true (bigint), as the running
+    count at t minus the running count at t - duration.
 
     Why not ``count_where(condition, last(entity, duration))``: Spark re-aggregates a
     sliding frame for every row (cost: rows x events per window, ruinous for a busy
@@ -81,34 +82,23 @@ def count_in_last(condition: Column, entity: str, duration: timedelta) -> Column
     (cost: rows). Integer counts make the difference exact.
     """
     flag = F.when(condition, F.lit(1)).otherwise(F.lit(0)).cast("bigint")
-    running = F.sum(flag).over(all_up_to(entity))
-    left_behind = F.coalesce(F.sum(flag).over(up_to_window_start(entity, duration)), F.lit(0).cast("bigint"))
-    return running - left_behind
+    return _running_difference(flag, F.lit(0).cast("bigint"), entity, duration, with_instant)
 
 
-def count_before_in_last(condition: Column, entity: str, duration: timedelta) -> Column:
-    """Like :func:`count_in_last` over ``(t - duration, t)``: the window without the
-    row's instant (the running count before t minus the running count at t - duration)."""
-    flag = F.when(condition, F.lit(1)).otherwise(F.lit(0)).cast("bigint")
-    before = F.coalesce(F.sum(flag).over(all_before(entity)), F.lit(0).cast("bigint"))
-    left_behind = F.coalesce(F.sum(flag).over(up_to_window_start(entity, duration)), F.lit(0).cast("bigint"))
-    return before - left_behind
-
-
-def sum_before_in_last(value: Column, entity: str, duration: timedelta) -> Column:
-    """Like :func:`sum_in_last` over ``(t - duration, t)``: the window without the row's instant."""
-    before = F.coalesce(F.sum(value).over(all_before(entity)), F.lit(0.0))
-    left_behind = F.coalesce(F.sum(value).over(up_to_window_start(entity, duration)), F.lit(0.0))
-    return before - left_behind
-
-
-def sum_in_last(value: Column, entity: str, duration: timedelta) -> Column:
+def sum_in_last(value: Column, entity: str, duration: timedelta, with_instant: bool = True) -> Column:
     """The sum of a double ``value`` over the entity's events in ``(t - duration, t]``
-    (nulls skipped; 0.0 when there is nothing to add), as a difference of running sums:
-    see :func:`count_in_last` for why. It equals the direct sum up to rounding: an error
-    of about 1e-16 of the entity's running total."""
-    running = F.coalesce(F.sum(value).over(all_up_to(entity)), F.lit(0.0))
-    left_behind = F.coalesce(F.sum(value).over(up_to_window_start(entity, duration)), F.lit(0.0))
+    (``(t - duration, t)`` without ``with_instant``; nulls skipped; 0.0 when there is
+    nothing to add), as a difference of running sums: see :func:`count_in_last` for why.
+    It equals the direct sum up to rounding: an error of about 1e-16 of the entity's
+    running total."""
+    return _running_difference(value, F.lit(0.0), entity, duration, with_instant)
+
+
+def _running_difference(value: Column, zero: Column, entity: str, duration: timedelta,
+                        with_instant: bool) -> Column:
+    """Sum of ``value`` up to t (or before t) minus its sum up to t - duration."""
+    running = F.coalesce(F.sum(value).over(all_up_to(entity) if with_instant else all_before(entity)), zero)
+    left_behind = F.coalesce(F.sum(value).over(up_to_window_start(entity, duration)), zero)
     return running - left_behind
 
 
