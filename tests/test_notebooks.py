@@ -12,18 +12,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from jobs import batch_features, generate_events, stream_features, train_model
+from jobs import generate_events, stream_features, train_model
 from jobs.stream_features import StreamSettings
 from plumbing.config import REPO_ROOT, load_config
-from plumbing.lake import LakeTable
-from plumbing.raw_events import read_history
 from tests import test_stream_features as streaming
-from transformations.catalog import FEATURE_TABLES
-from transformations.schemas import EVENT_TYPES
+from tests.generated_lake import write_generated_lake
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 START, DAYS = date(2026, 1, 1), 10
-END = START + timedelta(days=DAYS)
 # A high fraud rate so that a small history still has mature labels in the holdout.
 EVENTS, FRAUD_RATE = 20_000, 0.05
 TRAIN_ARGS = ["--holdout-days", "1", "--label-maturity-days", "5"]
@@ -50,12 +46,7 @@ def demo_like_data(local_services, spark, tmp_path_factory):
                            "TESSERA_PROFILE": "local", "TESSERA_MODEL_NAME": model_name}.items():
             patch.setenv(key, value)
         cfg = load_config("local")
-        generate_events.generate_history(cfg.events.history_uri, events=EVENTS, days=DAYS, start_date=START,
-                                         seed=5, fraud_rate=FRAUD_RATE, partition_by_date=True, progress=False)
-        sources = {event_type: read_history(spark, cfg, event_type) for event_type in EVENT_TYPES}
-        for table in FEATURE_TABLES.values():
-            rows = batch_features.compute_table(table, sources, START, END)
-            LakeTable.for_config(cfg, table.name, time_column=table.timestamp_column).write(rows)
+        write_generated_lake(spark, cfg, events=EVENTS, start=START, days=DAYS, seed=5, fraud_rate=FRAUD_RATE)
         assert train_model.main(["--profile", "local", "--model-name", model_name, *TRAIN_ARGS]) == 0
         yield cfg
 

@@ -13,14 +13,18 @@ import pytest
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
-from jobs import batch_features, generate_events, train_model
+from jobs import train_model
 from plumbing import feast_repo
 from plumbing.config import load_config
 from plumbing.lake import LakeTable
-from plumbing.raw_events import read_history
-from plumbing.training_sets import REQUEST_RATIO, build_training_set, labelled_transactions, training_set_hash
+from plumbing.training_sets import (
+    REQUEST_RATIO,
+    build_training_set,
+    labelled_transactions,
+    training_set_hash,
+)
+from tests.generated_lake import write_generated_lake
 from transformations.catalog import FEATURE_TABLES
-from transformations.schemas import EVENT_TYPES
 
 START, DAYS = date(2026, 1, 1), 10
 END = START + timedelta(days=DAYS)
@@ -41,12 +45,7 @@ def lake(local_services, spark, tmp_path_factory, monkeypatch_module):
                        "TESSERA__EVENTS__HISTORY_URI": str(root / "history")}.items():
         monkeypatch_module.setenv(key, value)
     cfg = load_config("local")
-    generate_events.generate_history(cfg.events.history_uri, events=EVENTS, days=DAYS, start_date=START,
-                                     seed=11, fraud_rate=FRAUD_RATE, partition_by_date=True, progress=False)
-    sources = {event_type: read_history(spark, cfg, event_type) for event_type in EVENT_TYPES}
-    for table in FEATURE_TABLES.values():
-        rows = batch_features.compute_table(table, sources, START, END)
-        LakeTable.for_config(cfg, table.name, time_column=table.timestamp_column).write(rows)
+    write_generated_lake(spark, cfg, events=EVENTS, start=START, days=DAYS, seed=11, fraud_rate=FRAUD_RATE)
     return cfg
 
 
