@@ -28,8 +28,8 @@ stream with an event-time watermark. ``foreachBatch`` then handles each micro-ba
 5. dead letters: the malformed and too-late records -> ``stream_dead_letter_<event_type>`` (raw
    record, reason, arrival time, ``source="stream"``, batch id), likewise;
 6. progress: one log line per micro-batch (counts, online writes, freshness p50/p99, the
-   seconds of each step) and the same numbers as metrics of the job's MLflow run, step =
-   batch id.
+   seconds of each step, the events the feature jobs computed over) and the same numbers
+   as metrics of the job's MLflow run, step = batch id.
 
 Steps 2-3 (per table) and 4-5 (per table) run side by side; the micro-batch ends (and Spark
 commits it) only when all are done, so bronze holds every committed micro-batch. They are
@@ -457,23 +457,25 @@ class EventHistory:
 
 
 def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
-                new_events: dict[str, pa.Table]) -> pa.Table:
+                new_events: dict[str, pa.Table]) -> tuple[pa.Table, int]:
     """The rows of ``table`` to store online for ``new_events`` (accepted events by type):
     per entity of them, its row at the newest of its new instants, computed by the
     table's catalog function (the batch job's, unchanged) over the entity's history and
-    the new events, with the lifetime baseline. One Spark job."""
+    the new events, with the lifetime baseline. One Spark job. Also returns how many
+    events went into it: the job's cost grows with them."""
     entity, timestamp = table.entity_column, table.timestamp_column
     instants = pa.concat_tables([new_events[event_type].select([entity, EVENT_TIME])
                                  for event_type in table.sources if event_type in new_events])
     newest = instants.group_by(entity).aggregate([(EVENT_TIME, "max")])
     newest = pa.table({entity: newest[entity], timestamp: newest[f"{EVENT_TIME}_max"]})
     entities = newest[entity].combine_chunks()
-    inputs = {}
+    inputs, input_events = {}, 0
     for event_type in table.sources:
         events = history.of(event_type, entity, entities)
         if event_type in new_events:
             events = pa.concat_tables([events, new_events[event_type].select(events.column_names)])
         inputs[event_type] = spark.createDataFrame(events, SCHEMAS[event_type])
+        input_events += events.num_rows
     if table is USER_TRANSACTION_FEATURES:
         baseline = history.baseline_of(entities)
         if baseline.num_rows:  # without one, lifetimes start at zero: the same as an empty baseline
@@ -482,7 +484,7 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
     # join on the driver (a broadcast join in Spark cost a job of its own per table).
     earliest = pc.min(newest[timestamp]).as_py()
     rows = table.build(**inputs).where(F.col(timestamp) >= F.lit(earliest)).toArrow()
-    return rows.join(newest, keys=[entity, timestamp], join_type="left semi")
+    return rows.join(newest, keys=[entity, timestamp], join_type="left semi"), input_events
 
 
 @dataclass(frozen=True)
@@ -497,6 +499,7 @@ class BatchProgress:
     lag_p99_s: float | None
     duration_s: float
     steps_s: dict[str, float]  # seconds per step: collect, history, features, redis, lake
+    feature_input_events: int  # events (new and history) the tables' Spark jobs computed over
 
     def metrics(self) -> dict[str, float]:
         metrics = {
@@ -507,6 +510,7 @@ class BatchProgress:
             "online_written": self.online.written,
             "online_skipped_older": self.online.skipped_older,
             "online_skipped_expired": self.online.skipped_expired,
+            "feature_input_events": self.feature_input_events,
             "duration_s": self.duration_s,
             "events_per_s": self.counts.total("received") / self.duration_s if self.duration_s else 0.0,
             **{f"{step}_s": seconds for step, seconds in self.steps_s.items()},
@@ -606,9 +610,11 @@ class MicroBatchProcessor:
                             for event_type, rows in rejected.items()]
             online, written_at = WriteResult(), time.time()
             features_s = redis_s = 0.0
+            feature_input_events = 0
             for write in online_writes:
-                result, table_features_s, table_redis_s = write.result()
+                result, input_events, table_features_s, table_redis_s = write.result()
                 online += result
+                feature_input_events += input_events
                 features_s, redis_s = max(features_s, table_features_s), max(redis_s, table_redis_s)
             written_at = time.time()
             steps["online"] = time.monotonic() - started - steps["collect"] - steps.get("history", 0.0)
@@ -625,20 +631,20 @@ class MicroBatchProcessor:
             # lag p50 is the time since the median event; p99 the time since the 1st percentile.
             lag_p50_s=_seconds_since(written_at, counts.event_micros_p50),
             lag_p99_s=_seconds_since(written_at, counts.event_micros_p01),
-            duration_s=time.monotonic() - started, steps_s=steps)
+            duration_s=time.monotonic() - started, steps_s=steps, feature_input_events=feature_input_events)
         print(progress.line(), flush=True)
         self.run.log(progress)
         self.batches_done += 1
 
     def _write_online(self, spark: SparkSession, table: FeatureTable,
-                      accepted: dict[str, pa.Table]) -> tuple[WriteResult, float, float]:
+                      accepted: dict[str, pa.Table]) -> tuple[WriteResult, int, float, float]:
         """Compute ``table``'s rows for the new events and write them to Redis from the
-        driver; returns the result and the seconds of each part."""
+        driver; returns the result, the events computed over and the seconds of each part."""
         began = time.monotonic()
-        rows = online_rows(spark, table, self.history, accepted)
+        rows, input_events = online_rows(spark, table, self.history, accepted)
         computed = time.monotonic()
         result = self.writer.write(table, rows)
-        return result, computed - began, time.monotonic() - computed
+        return result, input_events, computed - began, time.monotonic() - computed
 
 
 def micro_batch_session(spark: SparkSession) -> SparkSession:

@@ -119,12 +119,19 @@ def assert_online_equals_batch(spark, cfg: Config) -> None:
 
 
 # ------------------------------------------------------------------ in-process runs
-def test_malformed_records_go_to_dead_letters_exactly_and_online_equals_batch(spark, env):
+def test_malformed_records_go_to_dead_letters_exactly_and_online_equals_batch(spark, env, capsys):
     cfg = config(env)
     summary = generate(cfg, events=1000, seed=3, minutes_ago=10, malformed_fraction=0.05)
     settings = StreamSettings(checkpoint_location=checkpoint(env), available_now=True)
 
     assert stream_features.run(cfg, settings, spark=spark) == 0
+
+    # Each progress line tells what the feature jobs computed over: every accepted event
+    # goes into at least one table's job.
+    progress = [dict(pair.split("=", 1) for pair in line.split()[1:])
+                for line in capsys.readouterr().out.splitlines() if line.startswith("stream-features batch=")]
+    assert sum(int(batch["accepted"]) for batch in progress) == 950
+    assert all(int(batch["feature_input_events"]) >= int(batch["accepted"]) for batch in progress)
 
     dead = dead_letters(spark, cfg)
     by_kind = {row["kind"]: row["count"] for row in
