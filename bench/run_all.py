@@ -21,9 +21,13 @@ BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 
 def refresh_readme() -> None:
     reports = sorted(RESULTS.glob("*.md"))
-    # Reports start with their own "# Title": nest them under the README's section.
-    body = "\n\n".join(re.sub(r"^#{1,2} ", "### ", report.read_text().strip(), flags=re.M)
-                       for report in reports) or "_no results yet: run `make bench`_"
+    # Reports start with their own "# Title": nest them under the README's section. Their
+    # images sit beside them in bench/results, the README one level up.
+    results = RESULTS.relative_to(README.parent).as_posix()
+    body = "\n\n".join(
+        re.sub(r"(!\[[^\]]*\]\()([^)/]+\))", rf"\1{results}/\2",
+               re.sub(r"^#{1,2} ", "### ", report.read_text().strip(), flags=re.M))
+        for report in reports) or "_no results yet: run `make bench`_"
     text = README.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{README} has no {BEGIN} ... {END} section")

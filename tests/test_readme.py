@@ -78,6 +78,17 @@ def test_there_are_docs_and_the_readme_links_every_page():
         assert f"(docs/{page.name})" in README, f"README does not link docs/{page.name}"
 
 
+@pytest.mark.parametrize("page", [REPO_ROOT / "README.md", *DOC_PAGES], ids=lambda page: page.name)
+def test_local_links_and_images_resolve(page):
+    """Relative links and images point at files that exist (the benchmark plots included)."""
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+    local = [target for target in targets if "://" not in target and not target.startswith("mailto:")]
+    if page.name == "README.md":  # it links the docs and the benchmark plots
+        assert any(target.startswith("docs/") for target in local) and any(target.endswith(".png") for target in local)
+    missing = [target for target in local if not (page.parent / target).exists()]
+    assert not missing, f"{page.name} links files that do not exist: {missing}"
+
+
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda page: page.name)
 def test_docs_commands_are_kinds_the_doc_test_runs(page):
     commands = bash_commands(page.read_text())
