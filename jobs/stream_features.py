@@ -15,11 +15,13 @@ stream with an event-time watermark. ``foreachBatch`` then handles each micro-ba
    the freshness percentiles are computed there (exactly);
 2. features: for each feature table the micro-batch touches, the table's catalog function
    (the batch job's, unchanged) over the accepted events and the history of their
-   entities (``EventHistory``: the accepted events of the table's longest window, kept
-   in memory on the driver across micro-batches, and the older lifetime totals as
-   ``lifetime_baseline``), one Spark job per table on a session without adaptive
-   execution; the rows at each entity's newest new instant come back (the window rule
-   of ``transformations``), so online values are batch values;
+   entities (``EventHistory``: the accepted events of the longest window that reads
+   them, kept in memory on the driver across micro-batches, and the older lifetime
+   totals as ``lifetime_baseline``), one Spark job per table on a session without
+   adaptive execution. A table gets only the history its new rows' windows reach (its
+   ttl); user transactions get 7 of the merchants' 30 days, the rest folded into the
+   lifetime baseline. The rows at each entity's newest new instant come back (the window
+   rule of ``transformations``), so online values are batch values;
 3. online: those rows -> Redis in Feast's layout, pipelined from the driver
    (``plumbing.online_store``: a row is stored only if newer than the stored one);
 4. bronze: the accepted events -> ``bronze_<event_type>`` (Delta, append, written from
@@ -432,28 +434,39 @@ class EventHistory:
             if horizon - self.horizon[event_type] < EVICT_EVERY:
                 continue
             events = self.events[event_type].combine_chunks()
-            is_old = pc.less(events[EVENT_TIME], pa.scalar(horizon, pa.timestamp("us", tz="UTC")))
+            is_old = _before(events, horizon)
             if event_type == TRANSACTIONS:
-                self._fold(events.filter(is_old))
+                self.baseline = merge_baselines(self.baseline, lifetime_totals(events.filter(is_old)))
             self.events[event_type] = events.filter(pc.invert(is_old))
             self.horizon[event_type] = horizon
 
-    def _fold(self, old: pa.Table) -> None:
-        old = old.group_by("transaction_id", use_threads=False).aggregate([(USER_ID, "first"), ("amount", "first"),
-                                                        (EVENT_TIME, "first")])  # each id once
-        old = old.rename_columns({f"{name}_first": name for name in (USER_ID, "amount", EVENT_TIME)})
-        totals = old.group_by(USER_ID).aggregate([([], "count_all"), ("amount", "sum"), (EVENT_TIME, "max")])
-        totals = pa.table({
-            USER_ID: totals[USER_ID], "lifetime_txn_count": totals["count_all"],
-            "lifetime_txn_spend": pc.fill_null(totals["amount_sum"], 0.0),
-            "baseline_until": totals[f"{EVENT_TIME}_max"],
-        }).cast(BASELINE_ARROW_SCHEMA)
-        merged = pa.concat_tables([self.baseline, totals]).group_by(USER_ID).aggregate(
-            [("lifetime_txn_count", "sum"), ("lifetime_txn_spend", "sum"), ("baseline_until", "max")])
-        self.baseline = pa.table({
-            USER_ID: merged[USER_ID], "lifetime_txn_count": merged["lifetime_txn_count_sum"],
-            "lifetime_txn_spend": merged["lifetime_txn_spend_sum"], "baseline_until": merged["baseline_until_max"],
-        }).cast(BASELINE_ARROW_SCHEMA)
+
+def _before(events: pa.Table, instant: datetime) -> pa.ChunkedArray:
+    return pc.less(events[EVENT_TIME], pa.scalar(instant, pa.timestamp("us", tz="UTC")))
+
+
+def lifetime_totals(transactions: pa.Table) -> pa.Table:
+    """Per user, the lifetime baseline of ``transactions`` (each id once): count, spend of
+    the known amounts, and the newest event time."""
+    once = transactions.group_by("transaction_id", use_threads=False).aggregate(
+        [(USER_ID, "first"), ("amount", "first"), (EVENT_TIME, "first")])
+    once = once.rename_columns({f"{name}_first": name for name in (USER_ID, "amount", EVENT_TIME)})
+    totals = once.group_by(USER_ID).aggregate([([], "count_all"), ("amount", "sum"), (EVENT_TIME, "max")])
+    return pa.table({
+        USER_ID: totals[USER_ID], "lifetime_txn_count": totals["count_all"],
+        "lifetime_txn_spend": pc.fill_null(totals["amount_sum"], 0.0),
+        "baseline_until": totals[f"{EVENT_TIME}_max"],
+    }).cast(BASELINE_ARROW_SCHEMA)
+
+
+def merge_baselines(first: pa.Table, second: pa.Table) -> pa.Table:
+    """Two lifetime baselines of disjoint transactions as one: totals added, newest time kept."""
+    merged = pa.concat_tables([first, second]).group_by(USER_ID).aggregate(
+        [("lifetime_txn_count", "sum"), ("lifetime_txn_spend", "sum"), ("baseline_until", "max")])
+    return pa.table({
+        USER_ID: merged[USER_ID], "lifetime_txn_count": merged["lifetime_txn_count_sum"],
+        "lifetime_txn_spend": merged["lifetime_txn_spend_sum"], "baseline_until": merged["baseline_until_max"],
+    }).cast(BASELINE_ARROW_SCHEMA)
 
 
 def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
@@ -469,17 +482,26 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
     newest = instants.group_by(entity).aggregate([(EVENT_TIME, "max")])
     newest = pa.table({entity: newest[entity], timestamp: newest[f"{EVENT_TIME}_max"]})
     entities = newest[entity].combine_chunks()
+    # The new rows' windows reach back less than the table's ttl from the earliest new
+    # event; the history may hold more (transactions are kept for the merchants' 30 days).
+    # User transactions fold the older part into the lifetime baseline instead: 7 days of
+    # each user's transactions go to Spark, not 30.
+    window_start = pc.min(instants[EVENT_TIME]).as_py() - table.ttl
     inputs, input_events = {}, 0
+    baseline = history.baseline_of(entities) if table is USER_TRANSACTION_FEATURES else None
     for event_type in table.sources:
         events = history.of(event_type, entity, entities)
+        if table is USER_TRANSACTION_FEATURES:
+            is_old = _before(events, window_start)
+            baseline = merge_baselines(baseline, lifetime_totals(events.filter(is_old)))
+            events = events.filter(pc.invert(is_old))
         if event_type in new_events:
             events = pa.concat_tables([events, new_events[event_type].select(events.column_names)])
         inputs[event_type] = spark.createDataFrame(events, SCHEMAS[event_type])
         input_events += events.num_rows
-    if table is USER_TRANSACTION_FEATURES:
-        baseline = history.baseline_of(entities)
-        if baseline.num_rows:  # without one, lifetimes start at zero: the same as an empty baseline
-            inputs["lifetime_baseline"] = spark.createDataFrame(baseline, LIFETIME_BASELINE_SCHEMA)
+    if table is USER_TRANSACTION_FEATURES and baseline.num_rows:
+        # Without one, lifetimes start at zero: the same as an empty baseline.
+        inputs["lifetime_baseline"] = spark.createDataFrame(baseline, LIFETIME_BASELINE_SCHEMA)
     # Only rows from the earliest wanted instant on leave Spark; the exact pick is an Arrow
     # join on the driver (a broadcast join in Spark cost a job of its own per table).
     earliest = pc.min(newest[timestamp]).as_py()

@@ -1,0 +1,118 @@
+"""``stream_features.online_rows``, the rows a micro-batch stores, against the batch
+function over every event: the stream gives each table only what its new rows' windows
+reach, plus the lifetime baseline, and must still compute the batch values."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from jobs.stream_features import (
+    BASELINE_ARROW_SCHEMA,
+    EVENT_ARROW_SCHEMAS,
+    RETENTION,
+    EventHistory,
+    micro_batch_session,
+    online_rows,
+)
+from transformations.catalog import USER_TRANSACTION_FEATURES
+from transformations.schemas import ACTIVITY, CHARGEBACKS, SCHEMAS, TRANSACTIONS
+from transformations.user_transactions import LIFETIME_BASELINE_SCHEMA
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
+def _transactions(rows: list[tuple[str, str, float, datetime]]) -> pa.Table:
+    """(transaction id, user, amount, event time) -> transactions in the history's Arrow schema."""
+    return pa.table({
+        "transaction_id": [row[0] for row in rows],
+        "user_id": [row[1] for row in rows],
+        "merchant_id": [f"m{index % 3}" for index in range(len(rows))],
+        "amount": [row[2] for row in rows],
+        "currency": ["EUR"] * len(rows),
+        "country": ["DE" if index % 2 else "FR" for index in range(len(rows))],
+        "device_id": ["d1"] * len(rows),
+        "channel": ["web"] * len(rows),
+        "event_time": [row[3] for row in rows],
+    }).cast(EVENT_ARROW_SCHEMAS[TRANSACTIONS])
+
+
+def _ago(days: float = 0, hours: float = 0) -> datetime:
+    return NOW - timedelta(days=days, hours=hours)
+
+
+# Users whose history reaches past the table's 7 days: older transactions must reach
+# the new rows through the lifetime baseline (count, spend, previous instant).
+HISTORY = _transactions([
+    # busy: every other day for 20 days, two ids delivered twice
+    *[(f"b{day}", "busy", float(10 + day), _ago(days=day)) for day in range(1, 21, 2)],
+    ("b12", "busy", 0.5, _ago(days=12)),
+    ("b3", "busy", 13.0, _ago(days=3)),    # the same event delivered twice, inside 7 days
+    ("b15", "busy", 25.0, _ago(days=15)),  # and twice, before them
+    # quiet: nothing for the last 9 days, so the previous instant is older than 7 days
+    ("q1", "quiet", 40.0, _ago(days=25)),
+    ("q2", "quiet", 60.0, _ago(days=9)),
+    # young: only recent transactions
+    ("y1", "young", 5.0, _ago(hours=30)),
+])
+NEW = _transactions([
+    ("n1", "busy", 30.0, _ago(hours=1)),
+    ("n2", "quiet", 70.0, _ago(hours=1)),
+    ("n3", "young", 8.0, _ago(hours=2)),
+    ("n4", "young", 9.0, _ago(hours=1)),
+])
+# What eviction already folded: transactions older than the history, one per user.
+FOLDED = pa.table({
+    "user_id": ["busy", "quiet"], "lifetime_txn_count": [4, 1], "lifetime_txn_spend": [100.0, 7.5],
+    "baseline_until": [_ago(days=31), _ago(days=40)],
+}).cast(BASELINE_ARROW_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def session(spark):
+    return micro_batch_session(spark)
+
+
+def _history() -> EventHistory:
+    events = {TRANSACTIONS: HISTORY, ACTIVITY: EVENT_ARROW_SCHEMAS[ACTIVITY].empty_table(),
+              CHARGEBACKS: EVENT_ARROW_SCHEMAS[CHARGEBACKS].empty_table()}
+    return EventHistory(events, FOLDED, {event_type: NOW - timedelta(days=30) - RETENTION[event_type]
+                                         for event_type in events})
+
+
+def _batch_rows(session) -> dict[str, dict]:
+    """The batch function over every event, the folded ones as its baseline: each user's
+    row at its newest instant."""
+    every = pa.concat_tables([HISTORY, NEW])
+    rows = USER_TRANSACTION_FEATURES.build(
+        transactions=session.createDataFrame(every, SCHEMAS[TRANSACTIONS]),
+        lifetime_baseline=session.createDataFrame(FOLDED, LIFETIME_BASELINE_SCHEMA),
+    ).toArrow().to_pylist()
+    newest: dict[str, dict] = {}
+    for row in rows:
+        if row["user_id"] not in newest or row["event_timestamp"] > newest[row["user_id"]]["event_timestamp"]:
+            newest[row["user_id"]] = row
+    return newest
+
+
+def test_user_transactions_get_their_own_7_days_and_the_rest_as_baseline_with_batch_values(session):
+    streamed, computed_over = online_rows(session, USER_TRANSACTION_FEATURES, _history(), {TRANSACTIONS: NEW})
+    batch = _batch_rows(session)
+
+    # Only the 6 transactions inside 7 days of the earliest new one went to Spark (a
+    # replay among them); the 10 older ones reached it as baseline totals.
+    assert computed_over == 6 + len(NEW)
+    assert {row["user_id"] for row in streamed.to_pylist()} == {"busy", "quiet", "young"}
+    for row in streamed.to_pylist():
+        expected = batch[row["user_id"]]
+        assert row["event_timestamp"] == expected["event_timestamp"]
+        for name, value in row.items():
+            if isinstance(value, float):
+                assert math.isclose(value, expected[name], rel_tol=1e-12), (row["user_id"], name, value, expected[name])
+            else:
+                assert value == expected[name], (row["user_id"], name, value, expected[name])
+    quiet = next(row for row in streamed.to_pylist() if row["user_id"] == "quiet")
+    assert quiet["txn_seconds_since_prev"] == pytest.approx(timedelta(days=9, hours=-1).total_seconds())
+    assert (quiet["txn_count_7d"], quiet["txn_lifetime_count"]) == (1, 1 + 2 + 1)
