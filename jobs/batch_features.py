@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from expectations.runner import record_validation, validate
 from expectations.suites import feature_table_suite, raw_events_suite
 from plumbing import tracking
-from plumbing.config import Config, ConfigError, load_config
+from plumbing.config import Config, load_config_for_command
 from plumbing.event_tables import (
     ARRIVED_AT,
     BATCH_ID,
@@ -255,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch_features: unknown table(s) {sorted(unknown)}; known: {', '.join(FEATURE_TABLES)}",
               file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as exc:
-        print(f"batch_features: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config_for_command(args.profile, "batch_features")
     now = args.now.replace(tzinfo=args.now.tzinfo or timezone.utc) if args.now else None
     started = time.monotonic()
     try:

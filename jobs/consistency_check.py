@@ -49,7 +49,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from plumbing.event_tables import bronze_table
 from plumbing import tracking
-from plumbing.config import Config, ConfigError, load_config
+from plumbing.config import Config, load_config_for_command
 from plumbing.online_store import EXPIRED, MISSING, PRESENT, OnlineStoreReader
 from plumbing.spark import get_spark
 from transformations.catalog import FEATURE_TABLES, spark_schema
@@ -345,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"unknown table(s) {unknown}" if unknown else "--sample-fraction must be in (0, 1]"
         print(f"consistency_check: {problem}", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as exc:
-        print(f"consistency_check: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config_for_command(args.profile, "consistency_check")
     as_of = args.as_of or datetime.now(timezone.utc)
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
     checks, passed = run(cfg, [FEATURE_TABLES[name] for name in names], as_of, args.sample_fraction, args.seed,

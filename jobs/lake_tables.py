@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from plumbing import tracking
-from plumbing.config import Config, ConfigError, load_config
+from plumbing.config import Config, load_config_for_command
 from plumbing.lake import MODE_KEY, RANGE_KEY, LakeError, LakeTable, table_uri
 
 RESTORED_FROM_TAG = "restored_from_version"
@@ -121,11 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as exc:
-        print(f"tessera table: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config_for_command(args.profile, "tessera table")
     try:
         if args.action == "history":
             print(f"{'version':>7}  {'time (UTC)':19}  {'operation':14} {'mode':14} {'range':24} mlflow run")

@@ -124,7 +124,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.streaming import StreamingQuery
 
 from plumbing import tracking
-from plumbing.config import Config, ConfigError, load_config
+from plumbing.config import Config, load_config_for_command
 from plumbing.event_tables import ARRIVED_AT, BATCH_ID, QUERY_ID, bronze_table, dead_letter_table
 from plumbing.lake import LakeTable
 from plumbing.online_store import OnlineStoreWriter, WriteResult
@@ -795,11 +795,7 @@ def settings_from_args(args: argparse.Namespace, cfg: Config) -> StreamSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as exc:
-        print(f"stream_features: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config_for_command(args.profile, "stream_features")
     settings = settings_from_args(args, cfg)
     spark = get_spark(cfg, "stream-features")
     stop = threading.Event()

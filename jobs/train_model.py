@@ -68,7 +68,7 @@ from sklearn.preprocessing import OrdinalEncoder
 from threadpoolctl import threadpool_limits
 
 from plumbing import training_sets
-from plumbing.config import Config, ConfigError, load_config
+from plumbing.config import Config, load_config_for_command
 from plumbing.spark import get_spark
 from plumbing.tracking import configure_tracking
 from transformations.catalog import FEATURE_TABLES, definitions_hash
@@ -463,11 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as exc:
-        print(f"train_model: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config_for_command(args.profile, "train_model")
     try:
         return run(cfg, args)
     except ValueError as exc:

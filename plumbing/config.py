@@ -16,6 +16,7 @@ key and the file (or the environment variable) it came from.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -243,3 +244,13 @@ def load_config(profile_or_path: str | os.PathLike[str] | None = None,
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{key}: {message}{got} [in {source}]")
         raise ConfigError(f"invalid configuration {path}:\n  " + "\n  ".join(problems)) from None
+
+
+def load_config_for_command(profile_or_path: str | os.PathLike[str] | None, program: str) -> Config:
+    """:func:`load_config` for a command-line entry point: a bad profile prints one line,
+    ``<program>: <problem>``, and exits with code 2 (the jobs' bad-usage code)."""
+    try:
+        return load_config(profile_or_path)
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
