@@ -362,6 +362,7 @@ def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id
 # Each event type is kept as long as the longest window that reads it (the tables' ttls).
 RETENTION = {event_type: max(table.ttl for table in FEATURE_TABLES.values() if event_type in table.sources)
              for event_type in EVENT_TYPES}
+MAX_HISTORY_CHUNKS = 64
 EVICT_EVERY = timedelta(hours=1)  # of event time: how far the horizon moves before old events are dropped
 
 
@@ -423,8 +424,13 @@ class EventHistory:
     def add(self, accepted: dict[str, pa.Table]) -> None:
         """Take in a finished micro-batch's events (a replayed id is dropped by the features)."""
         for event_type, events in accepted.items():
-            self.events[event_type] = pa.concat_tables(
+            history = pa.concat_tables(
                 [self.events[event_type], events.select(EVENT_ARROW_SCHEMAS[event_type].names)])
+            # A chunk per micro-batch: every filter over the history pays per chunk, so
+            # copy them into one now and then (a few ms for 300k events).
+            if history.column(0).num_chunks > MAX_HISTORY_CHUNKS:
+                history = history.combine_chunks()
+            self.events[event_type] = history
 
     def evict(self, watermark: datetime) -> None:
         """Drop the events no window of a future event reaches (those before the watermark
@@ -497,7 +503,10 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
             events = events.filter(pc.invert(is_old))
         if event_type in new_events:
             events = pa.concat_tables([events, new_events[event_type].select(events.column_names)])
-        inputs[event_type] = spark.createDataFrame(events, SCHEMAS[event_type])
+        # One chunk: the history holds a chunk per micro-batch, and each chunk would
+        # reach Spark as an Arrow batch of its own (measured: 40 chunks made the three
+        # tables' jobs 0.4-0.9 s slower at ~160k events).
+        inputs[event_type] = spark.createDataFrame(events.combine_chunks(), SCHEMAS[event_type])
         input_events += events.num_rows
     if table is USER_TRANSACTION_FEATURES and baseline.num_rows:
         # Without one, lifetimes start at zero: the same as an empty baseline.
