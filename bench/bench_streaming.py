@@ -384,8 +384,9 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         "| Redis write | lake appends | whole micro-batch |\n|---:|---:|---:|---:|---:|---:|\n"
         f"{steps}\n\n"
         "What a micro-batch costs grows with the history it computes over: the feature jobs run the batch "
-        "functions over the new events and the history of every entity they touch (all merchants, most "
-        "users), and the history fills as the run goes on (mean per micro-batch):\n\n"
+        "functions over the new events and the history of the entities they touch (a merchant's as a few "
+        "edge events and one precounted row; a user's activity and transactions event by event), and "
+        "the users' history fills as the run goes on (mean per micro-batch):\n\n"
         "| events/s in | first third: events computed over | s | last third: events computed over | s |\n"
         "|---:|---:|---:|---:|---:|\n"
         f"{growth}\n")

@@ -19,9 +19,12 @@ stream with an event-time watermark. ``foreachBatch`` then handles each micro-ba
    them, kept in memory on the driver across micro-batches, and the older lifetime
    totals as ``lifetime_baseline``), one Spark job per table on a session without
    adaptive execution. A table gets only the history its new rows' windows reach (its
-   ttl); user transactions get 7 of the merchants' 30 days, the rest folded into the
-   lifetime baseline. The rows at each entity's newest new instant come back (the window
-   rule of ``transformations``), so online values are batch values;
+   ttl), and what every one of those windows holds goes condensed: user transactions
+   get 7 of the merchants' 30 days, the rest folded into the lifetime baseline;
+   merchants get their events near the 30-day windows' edges one by one and the rest
+   as one precounted row per merchant (``online_rows``). The rows at each entity's
+   newest new instant come back (the window rule of ``transformations``), so online
+   values are batch values;
 3. online: those rows -> Redis in Feast's layout, pipelined from the driver
    (``plumbing.online_store``: a row is stored only if newer than the stored one);
 4. bronze: the accepted events -> ``bronze_<event_type>`` (Delta, append, written from
@@ -41,8 +44,10 @@ writes succeeded (a failed micro-batch is re-run with the same events).
 
 Memory: the history holds every accepted event of the last 30 days of event time (the
 merchants' window) on the driver: size the driver for it, or shorten the windows. The
-cost of a micro-batch grows with the history of the entities it touches (a busy merchant's
-30 days); per-entity tiles (see ARCHITECTURE.md) would bound it.
+cost of a micro-batch grows with the history its Spark jobs get: a merchant's 30 days
+reach them as a few edge events and one precounted row, but a touched user's 24 hours
+of activity and 7 days of transactions go one by one (their windows' max, standard
+deviation and distinct counts cannot be added up ahead).
 
 Why one query over the union rather than one per event type: merchant features read
 transactions and chargebacks together. Two queries would each compute merchant rows
@@ -130,7 +135,8 @@ from plumbing.lake import LakeTable
 from plumbing.online_store import OnlineStoreWriter, WriteResult
 from plumbing.spark import get_spark
 from transformations import cleaning
-from transformations.catalog import FEATURE_TABLES, USER_TRANSACTION_FEATURES
+from transformations.catalog import FEATURE_TABLES, MERCHANT_FEATURES, USER_TRANSACTION_FEATURES
+from transformations.merchants import MERCHANT_ID, PRECOUNTED_SCHEMA
 from transformations.schemas import EVENT_ID_COLUMNS, EVENT_TYPES, SCHEMAS, TRANSACTIONS
 from transformations.tables import FeatureTable
 from transformations.user_transactions import LIFETIME_BASELINE_SCHEMA, USER_ID
@@ -264,6 +270,7 @@ DEAD_LETTER_SCHEMA = T.StructType([
 EVENT_ARROW_SCHEMAS = {event_type: to_arrow_schema(_nullable(SCHEMAS[event_type]), timezone="UTC")
                        for event_type in EVENT_TYPES}
 BASELINE_ARROW_SCHEMA = to_arrow_schema(_nullable(LIFETIME_BASELINE_SCHEMA), timezone="UTC")
+PRECOUNTED_ARROW_SCHEMA = to_arrow_schema(PRECOUNTED_SCHEMA, timezone="UTC")
 
 
 def split_records(records: pa.Table) -> tuple[dict[str, pa.Table], dict[str, pa.Table]]:
@@ -447,8 +454,10 @@ class EventHistory:
             self.horizon[event_type] = horizon
 
 
-def _before(events: pa.Table, instant: datetime) -> pa.ChunkedArray:
-    return pc.less(events[EVENT_TIME], pa.scalar(instant, pa.timestamp("us", tz="UTC")))
+def _before(events: pa.Table, instant: datetime, inclusive: bool = False) -> pa.ChunkedArray:
+    """Whether each event is before ``instant`` (or at it, with ``inclusive``)."""
+    compare = pc.less_equal if inclusive else pc.less
+    return compare(events[EVENT_TIME], pa.scalar(instant, pa.timestamp("us", tz="UTC")))
 
 
 def lifetime_totals(transactions: pa.Table) -> pa.Table:
@@ -480,42 +489,81 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
     """The rows of ``table`` to store online for ``new_events`` (accepted events by type):
     per entity of them, its row at the newest of its new instants, computed by the
     table's catalog function (the batch job's, unchanged) over the entity's history and
-    the new events, with the lifetime baseline. One Spark job. Also returns how many
-    events went into it: the job's cost grows with them."""
+    the new events. One Spark job. Also returns how many rows went into it (events, and
+    the rows standing for counted ones): the job's cost grows with them.
+
+    The history goes in whole where a window could end inside it, and condensed where
+    every wanted window holds it: a user's transactions older than the 7-day windows as
+    lifetime-baseline totals (``user_transaction_features``' ``lifetime_baseline``), a
+    merchant's events between the edges of its 30-day windows as counts
+    (``merchant_features``' ``precounted``). Both are exact."""
     entity, timestamp = table.entity_column, table.timestamp_column
     instants = pa.concat_tables([new_events[event_type].select([entity, EVENT_TIME])
                                  for event_type in table.sources if event_type in new_events])
     newest = instants.group_by(entity).aggregate([(EVENT_TIME, "max")])
     newest = pa.table({entity: newest[entity], timestamp: newest[f"{EVENT_TIME}_max"]})
     entities = newest[entity].combine_chunks()
-    # The new rows' windows reach back less than the table's ttl from the earliest new
-    # event; the history may hold more (transactions are kept for the merchants' 30 days).
-    # User transactions fold the older part into the lifetime baseline instead: 7 days of
-    # each user's transactions go to Spark, not 30.
-    window_start = pc.min(instants[EVENT_TIME]).as_py() - table.ttl
-    inputs, input_events = {}, 0
+    # Every wanted row lies in [first_new, last_new], so its window starts after
+    # first_new - ttl and holds everything in (last_new - ttl, first_new).
+    first_new, last_new = pc.min(instants[EVENT_TIME]).as_py(), pc.max(instants[EVENT_TIME]).as_py()
+    window_start = first_new - table.ttl
+    inputs, input_rows = {}, 0
     baseline = history.baseline_of(entities) if table is USER_TRANSACTION_FEATURES else None
+    precounted = []
     for event_type in table.sources:
         events = history.of(event_type, entity, entities)
         if table is USER_TRANSACTION_FEATURES:
             is_old = _before(events, window_start)
             baseline = merge_baselines(baseline, lifetime_totals(events.filter(is_old)))
             events = events.filter(pc.invert(is_old))
+        if table is MERCHANT_FEATURES:
+            inside_every_window = pc.and_(pc.invert(_before(events, last_new - table.ttl, inclusive=True)),
+                                          _before(events, first_new))
+            precounted.append(count_events(events.filter(inside_every_window), event_type))
+            events = events.filter(pc.invert(inside_every_window))
         if event_type in new_events:
             events = pa.concat_tables([events, new_events[event_type].select(events.column_names)])
         # One chunk: the history holds a chunk per micro-batch, and each chunk would
         # reach Spark as an Arrow batch of its own (measured: 40 chunks made the three
         # tables' jobs 0.4-0.9 s slower at ~160k events).
         inputs[event_type] = spark.createDataFrame(events.combine_chunks(), SCHEMAS[event_type])
-        input_events += events.num_rows
+        input_rows += events.num_rows
     if table is USER_TRANSACTION_FEATURES and baseline.num_rows:
         # Without one, lifetimes start at zero: the same as an empty baseline.
         inputs["lifetime_baseline"] = spark.createDataFrame(baseline, LIFETIME_BASELINE_SCHEMA)
+    if precounted:
+        counts = merge_counts(precounted)
+        if counts.num_rows:
+            inputs["precounted"] = spark.createDataFrame(counts, PRECOUNTED_SCHEMA)
+            input_rows += counts.num_rows
     # Only rows from the earliest wanted instant on leave Spark; the exact pick is an Arrow
     # join on the driver (a broadcast join in Spark cost a job of its own per table).
     earliest = pc.min(newest[timestamp]).as_py()
     rows = table.build(**inputs).where(F.col(timestamp) >= F.lit(earliest)).toArrow()
-    return rows.join(newest, keys=[entity, timestamp], join_type="left semi"), input_events
+    return rows.join(newest, keys=[entity, timestamp], join_type="left semi"), input_rows
+
+
+def count_events(events: pa.Table, event_type: str) -> pa.Table:
+    """Per merchant, its ``events`` of ``event_type`` (each id once) as one precounted
+    row: their number, at the instant of the newest."""
+    once = events.group_by([MERCHANT_ID, EVENT_ID_COLUMNS[event_type]], use_threads=False).aggregate(
+        [(EVENT_TIME, "max")])
+    counts = once.group_by(MERCHANT_ID).aggregate([([], "count_all"), (f"{EVENT_TIME}_max", "max")])
+    return pa.table({
+        MERCHANT_ID: counts[MERCHANT_ID], EVENT_TIME: counts[f"{EVENT_TIME}_max_max"],
+        **{kind: counts["count_all"] if kind == event_type else pa.array(np.zeros(counts.num_rows, np.int64))
+           for kind in PRECOUNTED_SCHEMA.fieldNames()[2:]},
+    }).cast(PRECOUNTED_ARROW_SCHEMA)
+
+
+def merge_counts(counts: list[pa.Table]) -> pa.Table:
+    """Precounted rows of the same instants' events as one row per merchant: counts
+    added, at the newest instant (every wanted window holds them all)."""
+    kinds = PRECOUNTED_SCHEMA.fieldNames()[2:]
+    merged = pa.concat_tables(counts).group_by(MERCHANT_ID).aggregate(
+        [(EVENT_TIME, "max"), *[(kind, "sum") for kind in kinds]])
+    return pa.table({MERCHANT_ID: merged[MERCHANT_ID], EVENT_TIME: merged[f"{EVENT_TIME}_max"],
+                     **{kind: merged[f"{kind}_sum"] for kind in kinds}}).cast(PRECOUNTED_ARROW_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -530,7 +578,7 @@ class BatchProgress:
     lag_p99_s: float | None
     duration_s: float
     steps_s: dict[str, float]  # seconds per step: collect, history, features, redis, lake
-    feature_input_events: int  # events (new and history) the tables' Spark jobs computed over
+    feature_input_events: int  # rows the tables' Spark jobs computed over: events (new and history), precounted rows
 
     def metrics(self) -> dict[str, float]:
         metrics = {
@@ -670,7 +718,7 @@ class MicroBatchProcessor:
     def _write_online(self, spark: SparkSession, table: FeatureTable,
                       accepted: dict[str, pa.Table]) -> tuple[WriteResult, int, float, float]:
         """Compute ``table``'s rows for the new events and write them to Redis from the
-        driver; returns the result, the events computed over and the seconds of each part."""
+        driver; returns the result, the rows computed over and the seconds of each part."""
         began = time.monotonic()
         rows, input_events = online_rows(spark, table, self.history, accepted)
         computed = time.monotonic()

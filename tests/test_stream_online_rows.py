@@ -1,6 +1,7 @@
 """``stream_features.online_rows``, the rows a micro-batch stores, against the batch
 function over every event: the stream gives each table only what its new rows' windows
-reach, plus the lifetime baseline, and must still compute the batch values."""
+reach, condensing what every window holds (the users' lifetime baseline, the merchants'
+precounted events), and must still compute the batch values."""
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from jobs.stream_features import (
     micro_batch_session,
     online_rows,
 )
-from transformations.catalog import USER_TRANSACTION_FEATURES
+from transformations.catalog import MERCHANT_FEATURES, USER_TRANSACTION_FEATURES
 from transformations.schemas import ACTIVITY, CHARGEBACKS, SCHEMAS, TRANSACTIONS
 from transformations.user_transactions import LIFETIME_BASELINE_SCHEMA
 
@@ -37,6 +38,25 @@ def _transactions(rows: list[tuple[str, str, float, datetime]]) -> pa.Table:
         "channel": ["web"] * len(rows),
         "event_time": [row[3] for row in rows],
     }).cast(EVENT_ARROW_SCHEMAS[TRANSACTIONS])
+
+
+def _merchant_transactions(rows: list[tuple[str, str, datetime]]) -> pa.Table:
+    """(transaction id, merchant, event time) -> transactions in the history's Arrow schema."""
+    return pa.table({
+        "transaction_id": [row[0] for row in rows], "user_id": ["u1"] * len(rows),
+        "merchant_id": [row[1] for row in rows], "amount": [10.0] * len(rows), "currency": ["EUR"] * len(rows),
+        "country": ["DE"] * len(rows), "device_id": ["d1"] * len(rows), "channel": ["web"] * len(rows),
+        "event_time": [row[2] for row in rows],
+    }).cast(EVENT_ARROW_SCHEMAS[TRANSACTIONS])
+
+
+def _chargebacks(rows: list[tuple[str, str, datetime]]) -> pa.Table:
+    """(chargeback id, merchant, arrival time) -> chargebacks in the history's Arrow schema."""
+    return pa.table({
+        "chargeback_id": [row[0] for row in rows], "transaction_id": [f"t-{row[0]}" for row in rows],
+        "user_id": ["u1"] * len(rows), "merchant_id": [row[1] for row in rows],
+        "transaction_time": [row[2] - timedelta(days=1) for row in rows], "event_time": [row[2] for row in rows],
+    }).cast(EVENT_ARROW_SCHEMAS[CHARGEBACKS])
 
 
 def _ago(days: float = 0, hours: float = 0) -> datetime:
@@ -116,3 +136,53 @@ def test_user_transactions_get_their_own_7_days_and_the_rest_as_baseline_with_ba
     quiet = next(row for row in streamed.to_pylist() if row["user_id"] == "quiet")
     assert quiet["txn_seconds_since_prev"] == pytest.approx(timedelta(days=9, hours=-1).total_seconds())
     assert (quiet["txn_count_7d"], quiet["txn_lifetime_count"]) == (1, 1 + 2 + 1)
+
+
+# Merchants: new events from 3 h to 1 h ago, so every wanted 30-day window holds
+# (30 d + 1 h ago, 3 h ago): what lies there may go as counts. Events in the edge band
+# (30 d + 3 h ago, 30 d + 1 h ago] are in some wanted windows and not in others, and
+# events from 3 h ago on are as new as the new ones: both must go one by one.
+MERCHANT_NEW = {
+    TRANSACTIONS: _merchant_transactions([("n1", "ma", _ago(hours=3)), ("n2", "ma", _ago(hours=2)),
+                                          ("n3", "mb", _ago(hours=1))]),
+    CHARGEBACKS: _chargebacks([("cn1", "mb", _ago(hours=1))]),
+}
+MERCHANT_HISTORY = {
+    TRANSACTIONS: _merchant_transactions([
+        ("e1", "ma", _ago(days=30, hours=2.5)),  # edge band, before ma's window (30 d + 2 h)
+        ("e2", "ma", _ago(days=30, hours=1.5)),  # edge band, inside ma's window
+        ("i1", "ma", _ago(days=10)),
+        ("i2", "ma", _ago(days=5)),
+        ("i2", "ma", _ago(days=5)),              # the same event delivered twice
+        ("i3", "ma", _ago(hours=4)),
+        ("l1", "ma", _ago(hours=2.5)),           # between the new ones (a late event, say)
+        ("j1", "mb", _ago(days=15)),
+        ("f1", "mb", _ago(days=30, hours=1.5)),  # edge band, before mb's window (30 d + 1 h)
+    ]),
+    CHARGEBACKS: _chargebacks([
+        ("c1", "ma", _ago(days=20)),
+        ("c2", "ma", _ago(days=30, hours=1.2)),  # edge band, inside ma's window
+        ("c3", "mb", _ago(days=1)),
+    ]),
+}
+
+
+def test_merchants_get_their_window_edges_one_by_one_and_the_rest_as_counts_with_batch_values(session):
+    history = EventHistory({**MERCHANT_HISTORY, ACTIVITY: EVENT_ARROW_SCHEMAS[ACTIVITY].empty_table()},
+                           BASELINE_ARROW_SCHEMA.empty_table(),
+                           {event_type: NOW - timedelta(days=31) - RETENTION[event_type]
+                            for event_type in (TRANSACTIONS, ACTIVITY, CHARGEBACKS)})
+    streamed, computed_over = online_rows(session, MERCHANT_FEATURES, history, MERCHANT_NEW)
+    every = {event_type: pa.concat_tables([MERCHANT_HISTORY[event_type], MERCHANT_NEW[event_type]])
+             for event_type in MERCHANT_NEW}
+    batch = MERCHANT_FEATURES.build(**{event_type: session.createDataFrame(events, SCHEMAS[event_type])
+                                       for event_type, events in every.items()}).toArrow().to_pylist()
+    newest_batch = {row["merchant_id"]: row for row in sorted(batch, key=lambda row: row["event_timestamp"])}
+
+    # One by one: the 4 edge-band events, the late one and the 4 new ones; as counts:
+    # one row per merchant for the other 5 events (the replay counted once).
+    assert computed_over == 4 + 1 + 4 + 2
+    assert streamed.sort_by("merchant_id").to_pylist() == [newest_batch["ma"], newest_batch["mb"]]
+    # ma at 2 h ago: e2, i1, i2, i3, l1, n1, n2 and chargebacks c1, c2; mb at 1 h ago: j1, n3; c3, cn1.
+    assert [(row["merchant_txn_count_30d"], row["merchant_chargeback_count_30d"])
+            for row in streamed.sort_by("merchant_id").to_pylist()] == [(7, 2), (2, 2)]

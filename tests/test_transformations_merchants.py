@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from chispa import assert_df_equality
 
 from transformations.catalog import MERCHANT_FEATURES, spark_schema
-from transformations.merchants import merchant_features
+from transformations.merchants import PRECOUNTED_SCHEMA, merchant_features
 from transformations.schemas import CHARGEBACK_SCHEMA, TRANSACTION_SCHEMA
 
 UTC = timezone.utc
@@ -107,3 +107,18 @@ def test_transaction_and_chargeback_at_one_instant_collapse_into_one_row(spark):
     ])
     assert_df_equality(features(spark, transactions, chargebacks), want,
                        ignore_nullable=True, ignore_row_order=True)
+
+
+def test_precounted_events_count_in_every_window_holding_their_instant_and_give_a_row(spark):
+    # One row standing for 40 transactions and 3 chargebacks at day 2, beside real events.
+    precounted = spark.createDataFrame([("m1", T0 + timedelta(days=2), 40, 3)], PRECOUNTED_SCHEMA)
+    transactions = [txn("t1", "m1", T0), txn("t2", "m1", T0 + timedelta(days=31))]
+    got = merchant_features(spark.createDataFrame(transactions, TRANSACTION_SCHEMA),
+                            spark.createDataFrame([], CHARGEBACK_SCHEMA), precounted=precounted)
+    want = expected(spark, [
+        ("m1", T0, 1, 0, 0.0),
+        ("m1", T0 + timedelta(days=2), 41, 3, 3 / 41),
+        # 30 days on, t1 has left the window, the precounted events (at day 2) have not.
+        ("m1", T0 + timedelta(days=31), 41, 3, 3 / 41),
+    ])
+    assert_df_equality(got, want, ignore_nullable=True, ignore_row_order=True)

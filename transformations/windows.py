@@ -82,7 +82,14 @@ def count_in_last(condition: Column, entity: str, duration: timedelta, with_inst
     (cost: rows). Integer counts make the difference exact.
     """
     flag = F.when(condition, F.lit(1)).otherwise(F.lit(0)).cast("bigint")
-    return _running_difference(flag, F.lit(0).cast("bigint"), entity, duration, with_instant)
+    return total_in_last(flag, entity, duration, with_instant)
+
+
+def total_in_last(counts: Column, entity: str, duration: timedelta, with_instant: bool = True) -> Column:
+    """The sum of a bigint ``counts`` column (events a row stands for) over the entity's
+    rows in ``(t - duration, t]`` (``(t - duration, t)`` without ``with_instant``), as a
+    difference of running totals: see :func:`count_in_last`."""
+    return _running_difference(counts, F.lit(0).cast("bigint"), entity, duration, with_instant)
 
 
 def sum_in_last(value: Column, entity: str, duration: timedelta, with_instant: bool = True) -> Column:
