@@ -1,11 +1,18 @@
 """Streaming benchmark: the stream_features job at fixed input rates, end to end, and its
 Redis writer beside Feast's on the rows the stream wrote.
 
-    python bench/bench_streaming.py                    # 1k, 5k, 20k events/s, 120 s each
+    python bench/bench_streaming.py                    # 1k, 5k, 20k events/s, 120 s each, 1M users;
+                                                       # then 5k events/s with 20k users
     python bench/bench_streaming.py --quick            # the same rates, 20 s each
     python bench/bench_streaming.py --rates 5000 --duration 90
 
-For each rate, on a fresh lake, landing folder and checkpoint, with a Redis server of its
+Populations: ``--users`` (1,000,000 by default, with 200,000 merchants: at 5k events/s a
+user has ~430 events a day) for every rate, then one run at 5k events/s with
+``--dense-users`` (20,000: ~21,600 events per user a day). The dense run is the stress
+case of the job's design: a touched user's 24 h of activity and 7 d of transactions go to
+Spark event by event, so its micro-batches grow as those histories fill.
+
+For each run, on a fresh lake, landing folder and checkpoint, with a Redis server of its
 own (a free port) and the profile's MLflow server:
 
 1. start the job (``python -m jobs.stream_features``, its default processing-time trigger)
@@ -35,8 +42,9 @@ Figures, from the job's progress lines (one per micro-batch, timestamped as they
   job reading and parsing the files; features = the catalog functions, one Spark job per
   table, side by side; redis; lake = bronze and dead-letter appends, beside the features).
 
-Writer throughput (after the last rate, same Redis, same rows): the newest
-``user_transaction_features`` row per user that the stream stored, read back from Redis,
+Writer throughput (after the last run, same Redis, same rows): the newest
+``user_transaction_features`` row per user that the stream stored (``--writer-rows`` of
+them), read back from Redis,
 written into two empty projects by Feast's ``FeatureStore.write_to_online_store`` and by
 the job's writer (``OnlineStoreWriter``), best of ``--writer-rounds``; the two projects'
 hashes are then compared byte for byte.
@@ -77,6 +85,7 @@ from transformations.catalog import USER_TRANSACTION_FEATURES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_RATES = (1_000, 5_000, 20_000)
+DENSE_RATE = 5_000
 PROGRESS = re.compile(r"^stream-features batch=(\d+) (.*)$")
 STEPS = ("collect", "features", "redis", "lake")
 TABLE = USER_TRANSACTION_FEATURES
@@ -154,14 +163,17 @@ def generate(env: dict[str, str], landing: Path, rate: float, duration_s: float,
 
 
 # ------------------------------------------------------------------ the writers on the stream's rows
-def stored_rows(cfg: Config) -> pd.DataFrame:
-    """The ``user_transaction_features`` rows the stream stored: one per user, read back."""
+def stored_rows(cfg: Config, max_rows: int) -> pd.DataFrame:
+    """``user_transaction_features`` rows the stream stored (one per user, at most
+    ``max_rows``), read back."""
     client = redis_client(RedisSettings.from_config(cfg))
     prefix, suffix = entity_key_prefix(TABLE.entity_column), FEAST_PROJECT.encode()
     users = []
     for key in client.scan_iter(match=prefix + b"*" + suffix, count=10_000):
         entity_id = key[len(prefix) + 4:len(key) - len(suffix)]
         users.append(entity_id.decode())
+        if len(users) == max_rows:
+            break
     refs = [f"{TABLE.name}:{name}" for name in TABLE.feature_names]
     reader = OnlineStoreReader(cfg, tables=[TABLE])
     rows = []
@@ -184,10 +196,10 @@ def _clear(client, project: str) -> None:
         client.delete(key)
 
 
-def compare_writers(cfg: Config, rounds: int) -> dict:
+def compare_writers(cfg: Config, rounds: int, max_rows: int) -> dict:
     """Feast's write_to_online_store beside the job's writer, same rows, same Redis."""
     client = redis_client(RedisSettings.from_config(cfg))
-    rows = stored_rows(cfg)
+    rows = stored_rows(cfg, max_rows)
     if rows.empty:
         return {"rows": 0}
     with tempfile.TemporaryDirectory() as feast_dir:
@@ -225,7 +237,7 @@ def compare_writers(cfg: Config, rounds: int) -> dict:
 
 # ------------------------------------------------------------------ one rate
 def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_interval_s: float | None,
-             drain_timeout_s: float, warm_up_s: float, writer_rounds: int = 0) -> dict:
+             drain_timeout_s: float, warm_up_s: float, writer_rounds: int = 0, writer_rows: int = 0) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as scratch:
         root = Path(scratch)
         overrides = {"TESSERA__DATA_DIR": str(root / "data"), "TESSERA__REDIS__PORT": str(_free_port()),
@@ -250,7 +262,7 @@ def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_int
             drained = job.wait_for_accepted(warm_up + generated, timeout_s=drain_timeout_s)
             job.stop()
             if writer_rounds:
-                writers = compare_writers(cfg, writer_rounds)
+                writers = compare_writers(cfg, writer_rounds, writer_rows)
         finally:
             job.stop()
             services.down(cfg, only=["redis"])
@@ -293,6 +305,10 @@ def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_int
 
 
 # ------------------------------------------------------------------ the report
+def _run_name(run: dict) -> str:
+    return f"{run['rate']:,} ev/s, {run['users']:,} users"
+
+
 def plot(results: list[dict], path: Path, warm_up_s: float) -> bool:
     try:
         import matplotlib
@@ -305,9 +321,9 @@ def plot(results: list[dict], path: Path, warm_up_s: float) -> bool:
     figure, (axes, cost) = plt.subplots(1, 2, figsize=(12, 4))
     for run in results:
         times = [point["t_s"] for point in run["timeline"]]
-        line, = axes.plot(times, [point["lag_p99_s"] for point in run["timeline"]], label=f"{run['rate']:,} ev/s p99")
+        line, = axes.plot(times, [point["lag_p99_s"] for point in run["timeline"]], label=f"{_run_name(run)} p99")
         axes.plot(times, [point["lag_p50_s"] for point in run["timeline"]], linestyle=":", color=line.get_color(),
-                  label=f"{run['rate']:,} ev/s p50")
+                  label=f"{_run_name(run)} p50")
     axes.axhline(5, color="grey", linewidth=0.8, linestyle="--")
     axes.axvline(warm_up_s, color="grey", linewidth=0.8, linestyle=":")  # steady state from here
     axes.set_xlabel("seconds since the input started")
@@ -317,8 +333,8 @@ def plot(results: list[dict], path: Path, warm_up_s: float) -> bool:
     axes.legend(fontsize=7)
     for run in results:
         cost.scatter([point["feature_input_events"] for point in run["timeline"]],
-                     [point["duration_s"] for point in run["timeline"]], s=12, label=f"{run['rate']:,} ev/s")
-    cost.set_xlabel("events computed over (new + the touched entities' history)")
+                     [point["duration_s"] for point in run["timeline"]], s=12, label=_run_name(run))
+    cost.set_xlabel("rows computed over (events and precounted rows)")
     cost.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
     cost.set_ylabel("micro-batch duration (s)")
     cost.set_title("what a micro-batch costs")
@@ -344,7 +360,7 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         return "-" if value is None else f"{value:.1f}"
 
     rows = "\n".join(
-        f"| {run['rate']:,} | {run['duration_s']:.0f} | {run['generated']:,} | {run['processed']:,} "
+        f"| {run['rate']:,} | {run['users']:,} | {run['duration_s']:.0f} | {run['generated']:,} | {run['processed']:,} "
         f"| {'yes' if run['drained'] else 'no, ' + format(run['backlog'], ',') + ' left'} "
         f"| **{run['sustained_events_per_s']:,}** | {run['capacity_events_per_s']:,} | {run['micro_batches']} "
         f"| {seconds(run['mean_batch_s'])} | {seconds(run['lag_p50_s'])} | **{seconds(run['lag_p99_s'])}** "
@@ -359,36 +375,36 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         return " | ".join(f"{sum(p['feature_input_events'] for p in part) / len(part):,.0f} "
                           f"| {sum(p['duration_s'] for p in part) / len(part):.1f}" for part in parts)
 
-    growth = "\n".join(f"| {run['rate']:,} | {thirds(run)} |" for run in results if run["timeline"])
+    growth = "\n".join(f"| {run['rate']:,} | {run['users']:,} | {thirds(run)} |" for run in results if run["timeline"])
     steps = "\n".join(
-        f"| {run['rate']:,} | " + " | ".join(f"{run['mean_step_s'].get(step, 0):.2f}" for step in STEPS)
+        f"| {run['rate']:,} | {run['users']:,} | " + " | ".join(f"{run['mean_step_s'].get(step, 0):.2f}" for step in STEPS)
         + f" | {seconds(run['mean_batch_s'])} |" for run in results)
     text = (
         "### Streaming: landing files -> stream_features -> Redis\n\n"
         f"{when} on {machine}; `python bench/bench_streaming.py{' --quick' if args.quick else ''}`: "
-        f"{args.users:,} users, trigger " + (f"every {args.trigger_interval_s} s" if args.trigger_interval_s else "the job's default (every 0.5 s)") + ", each rate on a fresh lake, "
+        "trigger " + (f"every {args.trigger_interval_s} s" if args.trigger_interval_s else "the job's default (every 0.5 s)") + ", each run on a fresh lake, "
         "checkpoint and Redis, after two warm-up micro-batches. Freshness = event time to the end of the "
         "micro-batch's Redis writes (a landing file holds one second of events, so ~1 s of it is the "
         "landing zone's); p50/p99 weight each micro-batch's own p50/p99 by its events. Steady state leaves "
         f"out the micro-batches that ended in the first {args.warm_up_s:.0f} s of the input: the step from idle "
         "to the full rate meets a JVM whose JIT has not compiled that rate's hot paths yet. Goal: p99 under "
         "5 s at 5,000 events/s. The machine is shared: load average at each start in the last column.\n\n"
-        "| events/s in | s | generated | processed | drained | sustained ev/s | capacity ev/s | micro-batches "
-        "| mean batch s | lag p50 s | lag p99 s | worst batch p99 s | steady lag p99 s | steady worst batch p99 s "
-        "| load avg |\n"
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| events/s in | users | s | generated | processed | drained | sustained ev/s | capacity ev/s "
+        "| micro-batches | mean batch s | lag p50 s | lag p99 s | worst batch p99 s | steady lag p99 s "
+        "| steady worst batch p99 s | load avg |\n"
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         f"{rows}\n\n"
         "Where a micro-batch's time goes (mean seconds; features, Redis and lake run side by side, so they "
         "overlap):\n\n"
-        "| events/s in | collect (read + parse, 1 Spark job) | features (catalog functions, 1 job per table) "
-        "| Redis write | lake appends | whole micro-batch |\n|---:|---:|---:|---:|---:|---:|\n"
+        "| events/s in | users | collect (read + parse, 1 Spark job) | features (catalog functions, 1 job per "
+        "table) | Redis write | lake appends | whole micro-batch |\n|---:|---:|---:|---:|---:|---:|---:|\n"
         f"{steps}\n\n"
         "What a micro-batch costs grows with the history it computes over: the feature jobs run the batch "
         "functions over the new events and the history of the entities they touch (a merchant's as a few "
         "edge events and one precounted row; a user's activity and transactions event by event), and "
         "the users' history fills as the run goes on (mean per micro-batch):\n\n"
-        "| events/s in | first third: events computed over | s | last third: events computed over | s |\n"
-        "|---:|---:|---:|---:|---:|\n"
+        "| events/s in | users | first third: rows computed over | s | last third: rows computed over | s |\n"
+        "|---:|---:|---:|---:|---:|---:|\n"
         f"{growth}\n")
     if writers and writers.get("rows"):
         text += (
@@ -401,7 +417,7 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
             f"Ratio: **{writers['ratio']}x** Feast (goal: 10x). Hashes byte-identical: "
             f"{writers['rows'] - writers['hashes_different']:,} of {writers['rows']:,}.\n")
     if has_plot:
-        text += "\n![lag over time, and micro-batch cost against the events computed over](streaming.png)\n"
+        text += "\n![lag over time, and micro-batch cost against the rows computed over](streaming.png)\n"
     (RESULTS / "streaming.md").write_text(text)
 
 
@@ -413,7 +429,12 @@ def main() -> int:
                         help="micro-batches ending this early in the input are left out of the steady-state "
                              "freshness (default 15)")
     parser.add_argument("--quick", action="store_true", help="20 s per rate")
-    parser.add_argument("--users", type=int, default=20_000, help="users in the generated traffic (default 20000)")
+    parser.add_argument("--users", type=int, default=1_000_000,
+                        help="users in the generated traffic of every rate (default 1000000)")
+    parser.add_argument("--dense-users", type=int, default=20_000,
+                        help=f"then one run at {DENSE_RATE:,} events/s with this many users (default 20000; 0: skip)")
+    parser.add_argument("--writer-rows", type=int, default=20_000,
+                        help="stored rows the writer comparison writes (default 20000)")
     parser.add_argument("--trigger-interval-s", type=float, help="default: the job's own")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds to wait for the job to catch up after the input ends (default 120)")
@@ -425,13 +446,15 @@ def main() -> int:
         args.duration, args.drain_timeout, args.writer_rounds = 20.0, 60.0, 1
 
     services.up(load_config(args.profile), only=["mlflow"])
-    rates = [int(rate) for rate in args.rates.split(",")]
+    runs = [(int(rate), args.users) for rate in args.rates.split(",")]
+    if args.dense_users:
+        runs.append((DENSE_RATE, args.dense_users))
     results = []
-    for number, rate in enumerate(rates):
-        print(f"== {rate:,} events/s for {args.duration:.0f} s", flush=True)
-        writer_rounds = args.writer_rounds if number == len(rates) - 1 else 0
-        results.append(run_rate(args.profile, rate, args.duration, args.users, args.trigger_interval_s,
-                                args.drain_timeout, args.warm_up_s, writer_rounds))
+    for number, (rate, users) in enumerate(runs):
+        print(f"== {rate:,} events/s for {args.duration:.0f} s, {users:,} users", flush=True)
+        writer_rounds = args.writer_rounds if number == len(runs) - 1 else 0
+        results.append(run_rate(args.profile, rate, args.duration, users, args.trigger_interval_s,
+                                args.drain_timeout, args.warm_up_s, writer_rounds, args.writer_rows))
         print(json.dumps({key: value for key, value in results[-1].items() if key != "timeline"}), flush=True)
     write_report(results, args)
     print((RESULTS / "streaming.md").read_text())

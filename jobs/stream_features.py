@@ -517,6 +517,8 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
             baseline = merge_baselines(baseline, lifetime_totals(events.filter(is_old)))
             events = events.filter(pc.invert(is_old))
         if table is MERCHANT_FEATURES:
+            # Events no wanted window holds count in none of its running totals' differences.
+            events = events.filter(pc.invert(_before(events, window_start, inclusive=True)))
             inside_every_window = pc.and_(pc.invert(_before(events, last_new - table.ttl, inclusive=True)),
                                           _before(events, first_new))
             precounted.append(count_events(events.filter(inside_every_window), event_type))
