@@ -86,6 +86,7 @@ from transformations.catalog import USER_TRANSACTION_FEATURES
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_RATES = (1_000, 5_000, 20_000)
 DENSE_RATE = 5_000
+WRITER_ROWS = 20_000  # stored rows the writer comparison writes
 PROGRESS = re.compile(r"^stream-features batch=(\d+) (.*)$")
 STEPS = ("collect", "features", "redis", "lake")
 TABLE = USER_TRANSACTION_FEATURES
@@ -237,7 +238,7 @@ def compare_writers(cfg: Config, rounds: int, max_rows: int) -> dict:
 
 # ------------------------------------------------------------------ one rate
 def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_interval_s: float | None,
-             drain_timeout_s: float, warm_up_s: float, writer_rounds: int = 0, writer_rows: int = 0) -> dict:
+             drain_timeout_s: float, warm_up_s: float, writer_rounds: int = 0, writer_rows: int = WRITER_ROWS) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as scratch:
         root = Path(scratch)
         overrides = {"TESSERA__DATA_DIR": str(root / "data"), "TESSERA__REDIS__PORT": str(_free_port()),
@@ -368,7 +369,7 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         f"| {seconds(run['steady_worst_batch_p99_s'])} | {run['load_average_1m']} |"
         for run in results)
     def thirds(run: dict) -> str:
-        """Mean events computed over and seconds per micro-batch, first third against last third."""
+        """Mean rows computed over and seconds per micro-batch, first third against last third."""
         points = run["timeline"]
         third = max(len(points) // 3, 1)
         parts = [points[:third], points[-third:]]
@@ -433,8 +434,8 @@ def main() -> int:
                         help="users in the generated traffic of every rate (default 1000000)")
     parser.add_argument("--dense-users", type=int, default=20_000,
                         help=f"then one run at {DENSE_RATE:,} events/s with this many users (default 20000; 0: skip)")
-    parser.add_argument("--writer-rows", type=int, default=20_000,
-                        help="stored rows the writer comparison writes (default 20000)")
+    parser.add_argument("--writer-rows", type=int, default=WRITER_ROWS,
+                        help=f"stored rows the writer comparison writes (default {WRITER_ROWS})")
     parser.add_argument("--trigger-interval-s", type=float, help="default: the job's own")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds to wait for the job to catch up after the input ends (default 120)")

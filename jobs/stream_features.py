@@ -33,7 +33,7 @@ stream with an event-time watermark. ``foreachBatch`` then handles each micro-ba
 5. dead letters: the malformed and too-late records -> ``stream_dead_letter_<event_type>`` (raw
    record, reason, arrival time, ``source="stream"``, batch id), likewise;
 6. progress: one log line per micro-batch (counts, online writes, freshness p50/p99, the
-   seconds of each step, the events the feature jobs computed over) and the same numbers
+   seconds of each step, the rows the feature jobs computed over) and the same numbers
    as metrics of the job's MLflow run, step = batch id.
 
 Steps 2-3 (per table) and 4-5 (per table) run side by side; the micro-batch ends (and Spark
@@ -693,9 +693,9 @@ class MicroBatchProcessor:
             features_s = redis_s = 0.0
             feature_input_events = 0
             for write in online_writes:
-                result, input_events, table_features_s, table_redis_s = write.result()
+                result, input_rows, table_features_s, table_redis_s = write.result()
                 online += result
-                feature_input_events += input_events
+                feature_input_events += input_rows
                 features_s, redis_s = max(features_s, table_features_s), max(redis_s, table_redis_s)
             written_at = time.time()
             steps["online"] = time.monotonic() - started - steps["collect"] - steps.get("history", 0.0)
@@ -722,10 +722,10 @@ class MicroBatchProcessor:
         """Compute ``table``'s rows for the new events and write them to Redis from the
         driver; returns the result, the rows computed over and the seconds of each part."""
         began = time.monotonic()
-        rows, input_events = online_rows(spark, table, self.history, accepted)
+        rows, input_rows = online_rows(spark, table, self.history, accepted)
         computed = time.monotonic()
         result = self.writer.write(table, rows)
-        return result, input_events, computed - began, time.monotonic() - computed
+        return result, input_rows, computed - began, time.monotonic() - computed
 
 
 def micro_batch_session(spark: SparkSession) -> SparkSession:
