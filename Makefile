@@ -11,7 +11,9 @@ setup:
 demo: setup
 	$(TESSERA) --profile $(PROFILE) demo
 
-test: setup
+# The tests use every profile, so they need every jar group.
+test:
+	@bash scripts/setup.sh spark broker s3
 	$(TESSERA) test
 
 up: setup

@@ -11,6 +11,8 @@ setup(
     install_requires=[
         "pyspark==4.2.0",
         "deltalake==1.6.6",
+        # Its Maven artifact for Spark 4.2 exists at 4.4.0 (jars/pom.xml): wheel and jar match.
+        "delta-spark==4.4.0",
         "pyarrow>=25,<26",
         "pandas==2.3.3",
         "numpy>=2.4,<2.5",

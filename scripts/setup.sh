@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the project needs, idempotently: OS packages (when root), the Python
-# virtual environment in .venv with the locked dependency versions, and the project.
+# virtual environment in .venv with the locked dependency versions, the project, and the
+# pinned JVM jars (scripts/fetch_jars.sh; arguments name the jar groups, default by PROFILE).
 # Re-running does nothing when everything is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ STAMP="$VENV/.installed"
 need_os_packages=()
 command -v redis-server >/dev/null 2>&1 || need_os_packages+=(redis-server)
 command -v java >/dev/null 2>&1 || need_os_packages+=(openjdk-17-jre-headless)
+# Maven fetches the pinned JVM jars (jars/pom.xml) once; nothing resolves at job start.
+command -v mvn >/dev/null 2>&1 || need_os_packages+=(maven)
 if ((${#need_os_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing OS packages: ${need_os_packages[*]}"
@@ -38,4 +41,12 @@ if [ ! -f "$STAMP" ] || [ requirements.lock -nt "$STAMP" ] || [ setup.py -nt "$S
   "$VENV/bin/python" -m pip install -q -c requirements.lock -e ".[dev]"
   touch "$STAMP"
 fi
+# The JVM jars: Spark's (delta-spark, Kafka connector) and the Kafka broker's always; the
+# s3a ones (~660 MB) only for profiles with an S3 lake, or when asked (make test: all).
+jar_groups=("$@")
+if ((${#jar_groups[@]} == 0)); then
+  jar_groups=(spark broker)
+  case "${PROFILE:-${TESSERA_PROFILE:-local}}" in *s3*|*production*) jar_groups+=(s3) ;; esac
+fi
+bash scripts/fetch_jars.sh "${jar_groups[@]}"
 echo "setup: ready ($VENV, $("$VENV/bin/python" --version), java $(java -version 2>&1 | head -1 | cut -d'"' -f2))"
