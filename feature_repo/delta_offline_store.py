@@ -11,15 +11,23 @@ Used through ``feature_store.yaml``::
       type: feature_repo.delta_offline_store.DeltaOfflineStore
 
 On S3, the ``storage_options`` of that section (written from the profile by
-``plumbing.feast_repo``: region, endpoint, keys) reach deltalake.
+``plumbing.feast_repo``: region, endpoint, keys) reach deltalake: in the reads, and in
+what ``feast apply`` does with a source (validate it, infer its columns). Feast's own
+``FileSource.validate`` opens the path with ``pyarrow.fs.FileSystem.from_uri``, which
+knows no endpoint and asks public AWS for the bucket (``Could not resolve host:
+<bucket>.s3.<region>.amazonaws.com``); its column inference passes deltalake the endpoint
+alone, without the region, the keys or plain http.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from datetime import datetime
 from functools import partial
 
 import ibis
 import pandas as pd
+import pyarrow as pa
 from deltalake import DeltaTable
 from feast.data_format import DeltaFormat
 from feast.data_source import DataSource
@@ -36,13 +44,25 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from pydantic import StrictStr
 
+logger = logging.getLogger(__name__)
+
+
+def is_delta_source(data_source: DataSource) -> bool:
+    return isinstance(data_source, FileSource) and isinstance(data_source.file_format, DeltaFormat)
+
+
+def delta_table(data_source: FileSource, repo_path: str | None, storage_options: dict[str, str]) -> DeltaTable:
+    """The source's Delta table, opened with the store's storage options (the profile's
+    endpoint, region and keys on S3)."""
+    path = FileSource.get_uri_for_file_path(repo_path, data_source.path)
+    return DeltaTable(path, storage_options=storage_options or None)
+
 
 def read_data_source(data_source: DataSource, repo_path: str, storage_options: dict[str, str]) -> ibis.Table:
     """A Delta source as a lazy ibis table over its current snapshot; others as Feast reads them."""
-    if not (isinstance(data_source, FileSource) and isinstance(data_source.file_format, DeltaFormat)):
+    if not is_delta_source(data_source):
         return feast_duckdb._read_data_source(data_source, repo_path)
-    path = FileSource.get_uri_for_file_path(repo_path, data_source.path)
-    snapshot = DeltaTable(path, storage_options=storage_options or None).to_pyarrow_dataset()
+    snapshot = delta_table(data_source, repo_path, storage_options).to_pyarrow_dataset()
     # DuckDB scans the Arrow dataset in place, with column and filter push-down.
     return ibis.memtable(snapshot)
 
@@ -60,7 +80,32 @@ class DeltaOfflineStoreConfig(feast_duckdb.DuckDBOfflineStoreConfig):
 
 class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
     """The three reads of Feast's DuckDB store (training sets, materialization), each
-    calling Feast's own ibis implementation with :func:`read_data_source`."""
+    calling Feast's own ibis implementation with :func:`read_data_source`; and the
+    validation and column inference of Delta sources through the same storage options."""
+
+    def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
+        """What Feast's ``FileSource.validate`` checks (the table is there, it has the
+        timestamp column; a warning if not, as Feast's), read with the store's options."""
+        if not is_delta_source(data_source):
+            return super().validate_data_source(config, data_source)
+        try:
+            table = delta_table(data_source, config.repo_path, config.offline_store.storage_options)
+            names = [field.name for field in table.schema().fields]
+        except Exception as exc:  # e.g. no table yet: `feast apply` may precede the first batch
+            logger.warning("Could not validate Delta source %r at %r: %s", data_source.name, data_source.path, exc)
+            return
+        if data_source.timestamp_field and data_source.timestamp_field not in names:
+            logger.warning("Timestamp field %r not found in Delta source %r at %r. Available columns: %s",
+                           data_source.timestamp_field, data_source.name, data_source.path, names)
+
+    def get_table_column_names_and_types_from_data_source(
+        self, config: RepoConfig, data_source: DataSource
+    ) -> Iterable[tuple[str, str]]:
+        if not is_delta_source(data_source):
+            return super().get_table_column_names_and_types_from_data_source(config, data_source)
+        table = delta_table(data_source, config.repo_path, config.offline_store.storage_options)
+        schema = pa.schema(table.schema().to_arrow())
+        return zip(schema.names, map(str, schema.types))
 
     @staticmethod
     def get_historical_features(
