@@ -23,6 +23,7 @@ setup(
         "uvicorn[standard]>=0.54,<0.55",
         "redis>=7,<8",  # feast 0.67 requires redis-py < 8
         "boto3>=1.44,<1.45",
+        "confluent-kafka==2.16.1",  # live events to/from Kafka (the generator, the services' admin)
         "moto[server]==5.2.5",
         "pydantic>=2.13",
         "pyyaml>=6",

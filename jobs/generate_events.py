@@ -6,10 +6,14 @@
 
 **history** writes Parquet (or ``--format jsonl``) files under ``<out>/<event_type>/``
 (optionally ``date=YYYY-MM-DD/`` sub-folders), on a local path or ``s3://bucket/prefix``.
-**live** drops JSON-lines files into ``<landing_dir>/<event_type>/`` at ``--rate``
-events/s, one file per ``--file-interval`` seconds, each appearing atomically (written
-as a hidden ``.name.tmp`` and renamed; Spark's file source ignores names starting with
-a dot).
+**live** sends events at ``--rate`` events/s where the profile's ``events.source`` says:
+to the Kafka topics (``kafka``, the default: one topic per event type, one record per
+JSON line, keyed by the entity the event belongs to - the user for transactions and
+activity, the merchant for chargebacks - and acknowledged by the broker window by
+window, ``--file-interval`` seconds each), or (``files``, or ``--out DIR``) into
+``<landing_dir>/<event_type>/``, one JSON-lines file per window, each appearing
+atomically (written as a hidden ``.name.tmp`` and renamed; Spark's file source ignores
+names starting with a dot). Both get the same lines, malformed records included.
 
 What the data looks like
 - ``--users`` users, each with a home country, one or two usual devices, favourite
@@ -86,7 +90,8 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 from tqdm import tqdm
 
-from plumbing.config import load_config
+from plumbing.config import Config, load_config
+from plumbing.kafka import EventProducer, KafkaError, KafkaTopics, ensure_topics
 from plumbing.lake import filesystem_and_root
 from transformations import cleaning
 from transformations.schemas import (
@@ -94,6 +99,7 @@ from transformations.schemas import (
     ACTIVITY_TYPES,
     CHANNELS,
     CHARGEBACKS,
+    EVENT_ENTITY_COLUMNS,
     EVENT_TYPES,
     SCHEMAS,
     TRANSACTIONS,
@@ -871,7 +877,7 @@ class LandingWriter:
         for event_type in EVENT_TYPES:
             (self.root / event_type).mkdir(parents=True, exist_ok=True)
 
-    def write(self, event_type: str, window: Slice, json_bytes: bytes) -> None:
+    def write(self, event_type: str, window: Slice, json_bytes: bytes, table: pa.Table) -> None:
         if not json_bytes:
             return
         start = dt.datetime.fromtimestamp(window.start_ms / 1000, dt.timezone.utc)
@@ -883,6 +889,49 @@ class LandingWriter:
             handle.write(json_bytes)
         os.replace(temporary, folder / name)  # atomic on one filesystem
         self.files += 1
+
+    def window_done(self) -> None:
+        """Each file is in place once written."""
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+class KafkaWriter:
+    """One record per JSON line on the event type's topic, keyed by the event's entity
+    (``EVENT_ENTITY_COLUMNS``; no key when a malformed record lacks it). A window's records
+    are acknowledged by the broker before the next window starts (``window_done``)."""
+
+    unit = "records"
+
+    def __init__(self, topics: KafkaTopics):
+        ensure_topics(topics)  # a new prefix, or a cluster without them yet
+        self.topics = topics
+        self.producer = EventProducer(topics)
+
+    @property
+    def files(self) -> int:
+        return self.producer.sent
+
+    def write(self, event_type: str, window: Slice, json_bytes: bytes, table: pa.Table) -> None:
+        if not json_bytes:
+            return
+        lines = json_bytes.split(b"\n")[:-1]  # one record per line; the text has no other newlines
+        keys = [None if key is None else key.encode() for key in
+                table.column(EVENT_ENTITY_COLUMNS[event_type]).to_pylist()]
+        assert len(lines) == len(keys), (event_type, len(lines), len(keys))
+        self.producer.send(event_type, lines, keys)
+
+    def window_done(self) -> None:
+        self.producer.flush()
+
+    def __str__(self) -> str:
+        return str(self.topics)
+
+
+def live_destination(cfg: Config) -> str | KafkaTopics:
+    """Where live events go for a profile: its Kafka topics, or its landing folder."""
+    return KafkaTopics.of(cfg) if cfg.events.source == "kafka" else cfg.events.landing_dir
 
 
 # ===================================================================== the runs
@@ -900,6 +949,7 @@ class Summary:
     late_events: int = 0
     files: int = 0
     elapsed_s: float = 0.0
+    unit: str = "files"  # what ``files`` counts: files, or Kafka records
 
     @property
     def events(self) -> int:
@@ -917,7 +967,7 @@ class Summary:
             f"{self.false_chargebacks:,} false, {self.dropped_chargebacks:,} dropped (after the period)",
             f"  malformed: {sum(self.malformed.values()):,} ({malformed})"
             + (f"; late: {self.late_events:,}" if self.mode == "live" else ""),
-            f"  written to: {self.out} ({self.fmt}, {self.files} files)",
+            f"  written to: {self.out} ({self.fmt}, {self.files} {self.unit})",
             f"  elapsed: {self.elapsed_s:.2f} s, {per_s:,.0f} events/s",
         ])
 
@@ -1005,17 +1055,19 @@ def generate_history(out: str, *, events: int, days: int = 7, start_date: dt.dat
     return summary
 
 
-def generate_live(out: str, *, rate: float, events: int | None = None, duration_s: float | None = None,
+def generate_live(out: str | KafkaTopics, *, rate: float, events: int | None = None, duration_s: float | None = None,
                   file_interval_s: float = 1.0, start_time: dt.datetime | None = None,
                   late_fraction: float = 0.0, max_lateness_s: float = 60.0, users: int = 1000, seed: int = 42,
                   malformed_fraction: float = 0.0, fraud_rate: float = 0.01, realtime: bool = True,
                   progress: bool = True) -> Summary:
-    """Drop JSON-lines files into the landing folder at ``rate`` events/s.
+    """Send JSON lines at ``rate`` events/s: to Kafka (``out`` a :class:`KafkaTopics`, see
+    :func:`live_destination`) or as files into the landing folder ``out``.
 
-    Event times follow ``start_time`` (default: the wall clock at the start); files are
-    written when the wall clock reaches the end of their window, so an event never has
-    a time ahead of the moment its file appears (unless ``start_time`` says otherwise,
-    or ``realtime=False`` writes everything at once).
+    Event times follow ``start_time`` (default: the wall clock at the start); a window's
+    events are sent (its file written, its records acknowledged) when the wall clock
+    reaches the end of the window, so an event never has a time ahead of the moment it
+    arrives (unless ``start_time`` says otherwise, or ``realtime=False`` sends everything
+    at once).
     """
     began_wall = time.time()
     began = time.monotonic()
@@ -1028,11 +1080,11 @@ def generate_live(out: str, *, rate: float, events: int | None = None, duration_
                         malformed_kinds=JSON_KINDS, late_fraction=late_fraction,
                         max_lateness_ms=max(1, int(max_lateness_s * SECOND_MS)))
     generator = EventGenerator(settings, total, clock_ms, windows[-1].end_ms)
-    writer = LandingWriter(out, generator.run_tag)
+    writer = KafkaWriter(out) if isinstance(out, KafkaTopics) else LandingWriter(out, generator.run_tag)
     builder = TableBuilder(generator.population, generator.run_tag, all_nullable=True)
 
     def emit(window: Slice, transactions: Columns, activity: Columns, chargebacks: Columns) -> None:
-        texts = [(event_type, builder.json_lines(event_type, table, columns, generator.malformed_rng))
+        texts = [(event_type, table, builder.json_lines(event_type, table, columns, generator.malformed_rng))
                  for event_type, columns, table in (
                      (TRANSACTIONS, transactions, builder.transactions(transactions)),
                      (ACTIVITY, activity, builder.activity(activity)),
@@ -1040,10 +1092,11 @@ def generate_live(out: str, *, rate: float, events: int | None = None, duration_
         if realtime:  # wait for the end of the window on the wall clock
             due = began + (window.index + 1) * file_interval_s
             time.sleep(max(0.0, due - time.monotonic()))
-        for event_type, text in texts:
-            writer.write(event_type, window, text)
+        for event_type, table, text in texts:
+            writer.write(event_type, window, text, table)
+        writer.window_done()
 
-    summary = Summary("live", str(writer.root), "jsonl")
+    summary = Summary("live", str(writer), "jsonl", unit=getattr(writer, "unit", "files"))
     _run(generator, iter(windows), total, emit, summary, progress)
     summary.files = writer.files
     summary.elapsed_s = time.monotonic() - began
@@ -1117,16 +1170,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     history.add_argument("--overwrite", action="store_true", help="replace files already in the output")
 
     live = modes.add_parser(
-        "live", parents=[common], help="drop JSON-lines files into the landing folder at a given rate",
-        description="Write JSON-lines files, one per --file-interval seconds and event type, at --rate "
-                    "events/s for --duration seconds (or until --events).")
-    live.add_argument("--out", help="landing folder (default: events.landing_dir of the profile)")
+        "live", parents=[common], help="send JSON lines to the Kafka topics (or the landing folder) at a given rate",
+        description="Send JSON lines at --rate events/s for --duration seconds (or until --events), one "
+                    "window per --file-interval seconds: records on the profile's Kafka topics (events.source: "
+                    "kafka), or one file per window and event type in the landing folder (events.source: files, "
+                    "or --out).")
+    live.add_argument("--out", help="write files into this landing folder, whatever the profile's events.source "
+                                    "(default: the profile's Kafka topics, or its events.landing_dir with "
+                                    "source files)")
     live.add_argument("--rate", type=_positive_float, default=1000.0, help="events per second (default 1000)")
     amount = live.add_mutually_exclusive_group()
     amount.add_argument("--duration", type=_positive_float, help="seconds to run (default 60)")
     amount.add_argument("--events", type=_positive_int, help="stop after exactly this many events")
     live.add_argument("--file-interval", type=_positive_float, default=1.0,
-                      help="seconds per file (default 1)")
+                      help="seconds per window: a file, or a flush of Kafka records (default 1)")
     live.add_argument("--start-time", type=_instant,
                       help="clock of the first event, ISO-8601 (default: now); fixes the content")
     live.add_argument("--late-fraction", type=_fraction, default=0.0,
@@ -1155,7 +1212,7 @@ def run(args: argparse.Namespace) -> int:
             chunk_events=args.chunk_events, overwrite=args.overwrite, cfg=cfg, progress=args.progress)
     else:
         summary = generate_live(
-            args.out or cfg.events.landing_dir, rate=args.rate, events=args.events,
+            args.out or live_destination(cfg), rate=args.rate, events=args.events,
             duration_s=args.duration if args.events is None else None,
             file_interval_s=args.file_interval, start_time=args.start_time, late_fraction=args.late_fraction,
             max_lateness_s=args.max_lateness_s, users=args.users or 1000, seed=args.seed,
@@ -1176,6 +1233,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, ValueError) as exc:
         print(f"generate_events: {exc}", file=sys.stderr)
         return 2
+    except KafkaError as exc:  # no broker (`tessera up`), a record not delivered
+        print(f"generate_events: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

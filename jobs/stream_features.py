@@ -163,7 +163,8 @@ class StreamSettings:
     allowed_lateness: timedelta = timedelta(seconds=60)
     trigger_interval: timedelta = timedelta(seconds=0.5)
     available_now: bool = False        # process what has landed in as many micro-batches as needed, then stop
-    max_files_per_trigger: int | None = None  # per event folder; None: all new files
+    max_files_per_trigger: int | None = None  # per event folder (source files); None: all new files
+    max_records_per_trigger: int | None = None  # per topic (source kafka); None: all new records
     max_future: timedelta = timedelta(minutes=5)
     max_failures: int = 10
 
@@ -191,20 +192,35 @@ def read_events(spark: SparkSession, cfg: Config, settings: StreamSettings) -> D
 
 
 def _raw_records(spark: SparkSession, cfg: Config, settings: StreamSettings, event_type: str) -> DataFrame:
-    """The JSON lines of one event type in column ``value``."""
+    """The JSON lines of one event type in column ``value``: a Kafka record's value (binary,
+    read as UTF-8 by the parser) or a line of a landing file."""
     if cfg.events.source == "kafka":
-        # Needs the spark-sql-kafka connector on the classpath (see the module docstring).
-        return (spark.readStream.format("kafka")
-                .option("kafka.bootstrap.servers", cfg.events.kafka_bootstrap_servers)
-                .option("subscribe", event_type)
-                .option("startingOffsets", "earliest")
-                .load())
+        reader = (spark.readStream.format("kafka")
+                  .option("kafka.bootstrap.servers", cfg.kafka_bootstrap_servers())
+                  .option("subscribe", cfg.kafka_topic(event_type))
+                  # A new checkpoint starts at the oldest record kept; later starts at the
+                  # checkpoint's offsets (this option is then ignored).
+                  .option("startingOffsets", "earliest")
+                  # Records deleted before they were read (retention, a re-created topic)
+                  # stop the query instead of being skipped silently (see the docstring).
+                  .option("failOnDataLoss", "true"))
+        if settings.max_records_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", settings.max_records_per_trigger)
+        return reader.load().select("value")
     folder = Path(cfg.events.landing_dir) / event_type
     folder.mkdir(parents=True, exist_ok=True)  # the file source refuses a missing folder
     reader = spark.readStream
     if settings.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", settings.max_files_per_trigger)
     return reader.text(str(folder))
+
+
+def source_description(cfg: Config) -> str:
+    """Where the stream reads: ``kafka <servers> topics ...`` or ``files <landing folder>``."""
+    if cfg.events.source == "kafka":
+        topics = ",".join(cfg.kafka_topic(event_type) for event_type in EVENT_TYPES)
+        return f"kafka {cfg.kafka_bootstrap_servers()} topics {topics}"
+    return f"files {cfg.events.landing_dir}"
 
 
 def _interval(duration: timedelta) -> str:
@@ -619,14 +635,15 @@ class StreamRun:
         self.client = MlflowClient()
         self.run_id = self.client.create_run(
             experiment.experiment_id, run_name="stream_features",
-            tags={"checkpoint": str(settings.checkpoint_location), "landing_dir": cfg.events.landing_dir,
-                  "source": cfg.events.source}).info.run_id
+            tags={"checkpoint": str(settings.checkpoint_location), "source": cfg.events.source,
+                  "input": source_description(cfg)}).info.run_id
         trigger = ("availableNow" if settings.available_now
                    else f"processingTime {settings.trigger_interval.total_seconds()}s")
         self.client.log_batch(self.run_id, params=[
             Param("allowed_lateness_s", str(settings.allowed_lateness.total_seconds())),
             Param("trigger", trigger),
             Param("max_files_per_trigger", str(settings.max_files_per_trigger)),
+            Param("max_records_per_trigger", str(settings.max_records_per_trigger)),
             Param("max_future_s", str(settings.max_future.total_seconds())),
         ])
 
@@ -777,7 +794,7 @@ def run(cfg: Config, settings: StreamSettings, spark: SparkSession | None = None
     stop = stop or threading.Event()
     stream_run = StreamRun(cfg, settings)
     processor = MicroBatchProcessor(cfg, settings, stream_run, spark)
-    print(f"stream-features: {cfg.events.source} {cfg.events.landing_dir} -> bronze + Redis "
+    print(f"stream-features: {source_description(cfg)} -> bronze + Redis "
           f"{cfg.redis.host}:{cfg.redis.port}; checkpoint {settings.checkpoint_location}; "
           f"MLflow run {stream_run.run_id}", flush=True)
     failures = 0
@@ -830,9 +847,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "that long when the job is idle; a busy job starts the next one as soon as one ends; "
                               "0: poll continuously)")
     trigger.add_argument("--available-now", action="store_true",
-                         help="process the files that have landed, then stop")
+                         help="process the events that have arrived (files landed, records in the "
+                              "topics), then stop")
     parser.add_argument("--max-files-per-trigger", type=int,
-                        help="at most this many new files per event folder and micro-batch (default: all)")
+                        help="source files: at most this many new files per event folder and micro-batch "
+                             "(default: all)")
+    parser.add_argument("--max-records-per-trigger", type=int,
+                        help="source kafka: at most this many new records per topic and micro-batch "
+                             "(default: all)")
     parser.add_argument("--max-future-s", type=float, default=300.0,
                         help="valid events may lie at most this far ahead of the clock (default 300)")
     parser.add_argument("--max-failures", type=int, default=10,
@@ -847,6 +869,7 @@ def settings_from_args(args: argparse.Namespace, cfg: Config) -> StreamSettings:
         trigger_interval=timedelta(seconds=args.trigger_interval_s),
         available_now=args.available_now,
         max_files_per_trigger=args.max_files_per_trigger,
+        max_records_per_trigger=args.max_records_per_trigger,
         max_future=timedelta(seconds=args.max_future_s),
         max_failures=args.max_failures,
     )

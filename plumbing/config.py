@@ -70,9 +70,13 @@ class LakeConfig(_Section):
 
 class EventsConfig(_Section):
     history_uri: str  # historical raw events (Parquet), local path or s3://
-    landing_dir: str  # live JSON-lines files land here
-    source: Literal["files", "kafka"] = "files"
+    landing_dir: str  # live JSON-lines files land here (source: files)
+    # Where live events come from: Kafka topics (one per event type), or the landing folder.
+    source: Literal["files", "kafka"] = "kafka"
+    # None: the broker `tessera up` starts (services.kafka); a cluster: "host1:9092,host2:9092".
     kafka_bootstrap_servers: str | None = None
+    # Topics are <prefix><event type>: transactions, activity, chargebacks by default.
+    kafka_topic_prefix: str = ""
 
 
 class RedisConfig(_Section):
@@ -108,8 +112,20 @@ class S3ServiceConfig(_Section):
     start_local: bool = True
 
 
+class KafkaServiceConfig(_Section):
+    """The Kafka broker `tessera up` starts: one KRaft node (broker and controller), loopback."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9290, ge=1, le=65535)             # clients (PLAINTEXT)
+    controller_port: int = Field(9291, ge=1, le=65535)  # the KRaft controller quorum
+    partitions: int = Field(4, ge=1)                    # of each event topic it creates
+    heap: str = "512m"
+    start_local: bool = True  # False with a Kafka cluster (set events.kafka_bootstrap_servers)
+
+
 class ServicesConfig(_Section):
     s3: S3ServiceConfig = S3ServiceConfig()
+    kafka: KafkaServiceConfig = KafkaServiceConfig()
     start_timeout_s: float = Field(30.0, gt=0)
 
 
@@ -161,6 +177,18 @@ class Config(_Section):
         if key and secret:
             opts.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
         return opts
+
+    def kafka_bootstrap_servers(self) -> str:
+        """``events.kafka_bootstrap_servers``, or the local broker's address when it is unset."""
+        if self.events.kafka_bootstrap_servers:
+            return self.events.kafka_bootstrap_servers
+        if self.services.kafka.start_local:
+            return f"{self.services.kafka.host}:{self.services.kafka.port}"
+        raise ConfigError(f"events.kafka_bootstrap_servers: not set, and services.kafka.start_local is false "
+                          f"[in {self.source_file}]")
+
+    def kafka_topic(self, event_type: str) -> str:
+        return self.events.kafka_topic_prefix + event_type
 
     def redis_password(self) -> str:
         from plumbing.secrets import redis_password

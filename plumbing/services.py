@@ -1,5 +1,5 @@
-"""Local services the project starts itself: Redis, an S3-compatible endpoint (moto) and
-an MLflow tracking server.
+"""Local services the project starts itself: Redis, an S3-compatible endpoint (moto), an
+MLflow tracking server and a Kafka broker (KRaft, no ZooKeeper).
 
 Each service runs as its own process group, bound to loopback, with a PID file and a
 log in ``<data_dir>/run``. ``up`` is idempotent (a healthy service is left alone),
@@ -9,6 +9,7 @@ and checks that nothing is left.
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Callable
 
 from plumbing.config import Config
 
-SERVICE_NAMES = ("redis", "s3", "mlflow")
+SERVICE_NAMES = ("redis", "s3", "mlflow", "kafka")
 
 
 class ServiceError(RuntimeError):
@@ -324,9 +326,136 @@ class MlflowService(_Service):
             return resp.status == 200
 
 
+class KafkaService(_Service):
+    """One Kafka node in KRaft combined mode (broker and controller, no ZooKeeper) on
+    loopback, from the jars in ``.jars/broker`` (``jars/pom.xml``), data in
+    ``<data_dir>/kafka``. The data folder is formatted once (a new cluster id); later
+    starts reuse it, so topics and offsets survive ``down``/``up``. ``after_start``
+    creates the event topics (``plumbing.kafka``)."""
+
+    name = "kafka"
+    _port_key = "services.kafka.port"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.settings = cfg.services.kafka
+        self.enabled = self.settings.start_local
+        self.host, self.port = self.settings.host, self.settings.port
+
+    @property
+    def data(self) -> Path:
+        return self.cfg.data_dir / "kafka"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _class_path(self) -> str:
+        from plumbing.spark import JARS_DIR, SparkSetupError, jar_paths
+
+        try:
+            jar_paths(self.cfg, "broker")
+        except SparkSetupError as exc:
+            raise ServiceError(f"kafka: {exc}") from None
+        return str(JARS_DIR / "broker" / "*")  # one argument; java expands the * itself
+
+    def _java(self, *args: str, heap: bool = False) -> list[str]:
+        run = self.cfg.run_dir
+        memory = ["-Xms256m", f"-Xmx{self.settings.heap}", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
+                  "-XX:TieredStopAtLevel=1"] if heap else []
+        return [_executable("java"), *memory, "-Djava.awt.headless=true", "-Dlog4j2.shutdownHookEnabled=false",
+                f"-Dlog4j2.configurationFile={run / 'kafka-log4j2.properties'}", f"-Dkafka.logs.dir={run}",
+                "-cp", self._class_path(), *args]
+
+    def _write_configs(self) -> Path:
+        run, settings = self.cfg.run_dir, self.settings
+        if settings.controller_port != self.port and _port_open(self.host, settings.controller_port):
+            raise ServiceError(
+                f"kafka: controller port {settings.controller_port} on {self.host} is taken by another process. "
+                f"Stop it, or choose another port in {self.cfg.source_file} or with the environment variable "
+                f"TESSERA__SERVICES__KAFKA__CONTROLLER_PORT=<port>.")
+        listeners = (f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{settings.controller_port}")
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": listeners,
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "controller.quorum.bootstrap.servers": f"{self.host}:{settings.controller_port}",
+            "log.dirs": str(self.data),
+            "num.partitions": str(settings.partitions),
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",  # topics are made on purpose (plumbing.kafka)
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+        }
+        server = run / "kafka-server.properties"
+        server.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
+        (run / "kafka-log4j2.properties").write_text("\n".join([
+            "name=tessera-kafka",
+            "appender.file.type=File",
+            "appender.file.name=file",
+            "appender.file.fileName=${sys:kafka.logs.dir}/kafka-server.log",
+            "appender.file.layout.type=PatternLayout",
+            "appender.file.layout.pattern=[%d] %p %m (%c)%n",
+            "rootLogger.level=INFO",
+            "rootLogger.appenderRef.file.ref=file",
+            "logger.kafka.name=kafka",
+            "logger.kafka.level=WARN",
+            "logger.apache.name=org.apache.kafka",
+            "logger.apache.level=WARN",
+            "logger.state.name=state.change.logger",
+            "logger.state.level=WARN",
+            "logger.started.name=kafka.server.KafkaRaftServer",
+            "logger.started.level=INFO",
+            ""]))
+        return server
+
+    def _format_once(self, server: Path) -> None:
+        """Format the data folder for a new single-node cluster, unless it already is."""
+        if (self.data / "meta.properties").exists():
+            return
+        self.data.mkdir(parents=True, exist_ok=True)
+        cluster_id = ""
+        while not cluster_id or cluster_id.startswith("-"):  # Kafka's own rule for random ids
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        out = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(server)),
+            capture_output=True, text=True, timeout=max(120.0, self.cfg.services.start_timeout_s),
+            cwd=self.cfg.run_dir, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise ServiceError(f"kafka: formatting {self.data} failed:\n{(out.stdout + out.stderr)[-2000:]}")
+
+    def argv(self) -> list[str]:
+        server = self._write_configs()
+        self._format_once(server)
+        return self._java("kafka.Kafka", str(server), heap=True)
+
+    def healthy(self) -> bool:
+        from plumbing.kafka import broker_ids
+
+        return _port_open(self.host, self.port) and bool(broker_ids(self.bootstrap_servers, timeout_s=2.0))
+
+    def after_start(self) -> None:
+        from plumbing.kafka import KafkaTopics, ensure_topics
+
+        ensure_topics(KafkaTopics(self.bootstrap_servers, self.cfg.events.kafka_topic_prefix,
+                                  self.settings.partitions), timeout_s=self.cfg.services.start_timeout_s)
+
+
 def _services(cfg: Config, only: list[str] | None = None) -> list[_Service]:
     # Order matters: the MLflow server may keep its artifacts in the S3 endpoint.
-    all_services = [RedisService(cfg), S3Service(cfg), MlflowService(cfg)]
+    all_services = [RedisService(cfg), S3Service(cfg), MlflowService(cfg), KafkaService(cfg)]
     unknown = set(only or []) - set(SERVICE_NAMES)
     if unknown:
         raise ServiceError(f"unknown service(s) {sorted(unknown)}; known: {', '.join(SERVICE_NAMES)}")

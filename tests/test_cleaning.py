@@ -148,6 +148,17 @@ def test_parse_binary_kafka_value_is_decoded_as_utf8(spark):
     assert [r.reject_reason for r in cleaning.parse_json_events(raw, TRANSACTIONS, now=NOW).collect()] == [None]
 
 
+# ------------------------------------------------------------------ oversize
+def test_parse_line_over_the_size_limit_is_oversize_even_if_valid_json(spark):
+    padded = _json(TRANSACTION, device_id="d" * cleaning.MAX_RECORD_BYTES)    # valid JSON, too long
+    at_limit = _json(TRANSACTION, device_id="d" * (cleaning.MAX_RECORD_BYTES - len(_json(TRANSACTION)) + 2))
+    assert len(at_limit.encode()) == cleaning.MAX_RECORD_BYTES
+    raw = spark.createDataFrame([(bytearray(line.encode()),) for line in (padded, padded[:-5], at_limit)],
+                                "value binary")
+    assert [r.reject_reason for r in cleaning.parse_json_events(raw, TRANSACTIONS, now=NOW).collect()] == \
+        ["oversize", "oversize", None]
+
+
 # ------------------------------------------------------------------ missing_field
 def test_parse_absent_required_key_is_missing_field_with_its_column(reason_of):
     assert reason_of[(TRANSACTIONS, _without(TRANSACTION, "merchant_id"))] == "missing_field:merchant_id"

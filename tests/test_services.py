@@ -3,6 +3,7 @@ Redis requires its password, the S3 endpoint takes a put/get, MLflow answers."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +33,8 @@ def isolated_cfg(tmp_path):
         "TESSERA__REDIS__PORT": str(_free_port()),
         "TESSERA__MLFLOW__PORT": str(_free_port()),
         "TESSERA__SERVICES__S3__PORT": str(s3_port),
+        "TESSERA__SERVICES__KAFKA__PORT": str(_free_port()),
+        "TESSERA__SERVICES__KAFKA__CONTROLLER_PORT": str(_free_port()),
         "TESSERA__S3__ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
         "TESSERA__S3__BUCKETS": "[iso-bucket]",
         "TESSERA__MLFLOW__ARTIFACTS_URI": str(tmp_path / "data" / "artifacts"),
@@ -48,7 +51,7 @@ def _pids(cfg) -> dict[str, int]:
 def test_up_twice_is_harmless_and_down_leaves_no_process(isolated_cfg):
     services.up(isolated_cfg)
     first = _pids(isolated_cfg)
-    assert set(first) == {"redis", "s3", "mlflow"}
+    assert set(first) == {"redis", "s3", "mlflow", "kafka"}
     second_lines = services.up(isolated_cfg)
     assert all("already running" in line for line in second_lines)
     assert _pids(isolated_cfg) == first  # nothing restarted
@@ -59,7 +62,8 @@ def test_up_twice_is_harmless_and_down_leaves_no_process(isolated_cfg):
         assert not services._alive(pid), f"{name} (pid {pid}) still alive after down"
         assert not services._group_alive(pid), f"a child of {name} (group {pid}) survived down"
     assert not any(st.healthy for st in services.status(isolated_cfg))
-    assert services.down(isolated_cfg) == ["mlflow: not running", "s3: not running", "redis: not running"]
+    assert services.down(isolated_cfg) == ["kafka: not running", "mlflow: not running", "s3: not running",
+                                           "redis: not running"]
 
 
 def test_port_taken_by_another_process_is_a_clear_error(isolated_cfg):
@@ -95,6 +99,45 @@ def test_redis_keeps_data_across_a_restart(isolated_cfg):
     assert client.get("tessera:restart-check") == b"kept"
 
 
+def test_kafka_keeps_topics_and_records_across_a_restart(isolated_cfg):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from plumbing.kafka import EventProducer, KafkaTopics
+
+    services.up(isolated_cfg, only=["kafka"])
+    topics = KafkaTopics.of(isolated_cfg)
+    assert topics.bootstrap_servers == f"127.0.0.1:{isolated_cfg.services.kafka.port}"
+    meta = (isolated_cfg.data_dir / "kafka" / "meta.properties").read_text()
+    producer = EventProducer(topics)
+    producer.send("transactions", [b'{"kept": 1}', b'{"kept": 2}'], [b"u1", b"u1"])
+    producer.flush(30)
+    services.down(isolated_cfg, only=["kafka"])  # SIGTERM: a controlled shutdown
+    assert not services._port_open("127.0.0.1", isolated_cfg.services.kafka.port)
+
+    services.up(isolated_cfg, only=["kafka"])  # the same data folder, not formatted again
+    assert (isolated_cfg.data_dir / "kafka" / "meta.properties").read_text() == meta
+    consumer = Consumer({"bootstrap.servers": topics.bootstrap_servers, "group.id": "restart-check",
+                         "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        assert set(topics.names) <= set(metadata.topics)
+        assert len(metadata.topics["transactions"].partitions) == isolated_cfg.services.kafka.partitions
+        ends = [consumer.get_watermark_offsets(TopicPartition("transactions", p), timeout=10)[1]
+                for p in metadata.topics["transactions"].partitions]
+        assert sum(ends) == 2 and sorted(ends)[-1] == 2  # one key, one partition
+    finally:
+        consumer.close()
+
+
+def test_kafka_without_its_jars_says_how_to_fetch_them(isolated_cfg, monkeypatch, tmp_path):
+    from plumbing import spark
+
+    monkeypatch.setattr(spark, "JARS_DIR", tmp_path / "no-jars")
+    with pytest.raises(ServiceError, match=r"kafka: the 'broker' jars are missing .*make setup.*"
+                                           r"bash scripts/fetch_jars.sh broker"):
+        services.up(isolated_cfg, only=["kafka"])
+
+
 def test_s3_endpoint_accepts_put_and_get(s3_services):
     client = s3_client(s3_services)
     bucket = s3_services.s3.buckets[0]
@@ -117,6 +160,8 @@ def test_cli_status_reports_and_help_works(local_services):
     out = subprocess.run([*tessera, "status"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "redis" in out.stdout and "healthy" in out.stdout
+    assert re.search(rf"^kafka +healthy +127.0.0.1:{local_services.services.kafka.port} +pid \d+$", out.stdout,
+                     flags=re.MULTILINE), out.stdout
     from jobs.cli import JOBS
 
     for command in ("up", "down", "status", *JOBS, "test", "bench"):

@@ -1,12 +1,15 @@
-"""The streaming job against real Spark, a real Redis and real files: exact dead letters,
-late events, kill -9 and restart, a Redis outage, and online = batch after the stream drains.
+"""The streaming job against real Spark, a real Redis, a real Kafka broker and real files:
+exact dead letters, late events, kill -9 and restart, a Redis outage, a broker outage,
+and online = batch after the stream drains.
 
 The job runs in the test's Spark session (``stream_features.run``), except the one that
 is killed: a process of its own, killed with SIGKILL mid-batch.
 
-The tests run on their own Redis server (a free port, a temporary folder) so they can
-flush and stop it without touching the shared one; MLflow is the shared test server.
-Each test has its own landing folder, lake and checkpoint.
+The tests run on their own Redis server and Kafka broker (free ports, a temporary
+folder, started by ``plumbing.services`` as ``tessera up`` does) so they can flush and
+stop them without touching the shared ones; MLflow is the shared test server. Each test
+has its own topics (a prefix of its own), landing folder, lake and checkpoint. Events
+come from Kafka (the profiles' default) unless a test says ``source="files"``.
 """
 from __future__ import annotations
 
@@ -29,14 +32,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs import consistency_check, stream_features
-from jobs.generate_events import generate_live
+from jobs.generate_events import generate_live, live_destination
 from jobs.stream_features import StreamSettings
 from plumbing.event_tables import bronze_table, dead_letter_table
 from plumbing import services
 from plumbing.config import REPO_ROOT, Config, load_config
+from plumbing.kafka import EventProducer, KafkaTopics, ensure_topics
 from plumbing.online_store import OnlineStoreReader
 from transformations.catalog import FEATURE_TABLES
-from transformations.cleaning import REJECT_KINDS
+from transformations.cleaning import MAX_RECORD_BYTES, REJECT_KINDS
 from transformations.schemas import ACTIVITY, TRANSACTIONS
 
 TIMEOUT_S = 240  # per wait: generous, for a loaded machine
@@ -50,12 +54,23 @@ def _free_port() -> int:
 
 def isolated_environment(redis_home: Path, redis_port: int, work_dir: Path) -> dict[str, str]:
     """Config overrides: the isolated Redis (its data and password under ``redis_home``),
-    and this test's own landing folder and lake under ``work_dir``."""
+    and this test's own landing folder and lake under ``work_dir``; the file source."""
     return {
         "TESSERA__DATA_DIR": str(redis_home),
         "TESSERA__REDIS__PORT": str(redis_port),
         "TESSERA__LAKE__ROOT": str(work_dir / "lake"),
         "TESSERA__EVENTS__LANDING_DIR": str(work_dir / "landing"),
+        "TESSERA__EVENTS__SOURCE": "files",
+    }
+
+
+def kafka_environment(kafka_ports: tuple[int, int], topic_prefix: str) -> dict[str, str]:
+    """Config overrides: the isolated broker, topics of the test's own."""
+    return {
+        "TESSERA__EVENTS__SOURCE": "kafka",
+        "TESSERA__SERVICES__KAFKA__PORT": str(kafka_ports[0]),
+        "TESSERA__SERVICES__KAFKA__CONTROLLER_PORT": str(kafka_ports[1]),
+        "TESSERA__EVENTS__KAFKA_TOPIC_PREFIX": topic_prefix,
     }
 
 
@@ -69,11 +84,39 @@ def isolated_redis(tmp_path_factory, local_services):
     services.down(cfg, only=["redis"])
 
 
+@pytest.fixture(scope="module")
+def isolated_kafka(isolated_redis):
+    """(broker port, controller port) of a Kafka broker of our own, its data and run files
+    beside the isolated Redis's."""
+    home, redis_port = isolated_redis
+    ports = (_free_port(), _free_port())
+    cfg = load_config("local", environ={**isolated_environment(home, redis_port, home),
+                                        **kafka_environment(ports, "")})
+    began = time.monotonic()
+    services.up(cfg, only=["kafka"])
+    print(f"isolated Kafka broker up in {time.monotonic() - began:.1f}s")
+    yield ports
+    services.down(cfg, only=["kafka"])
+
+
+def source_of(request) -> str:
+    """The test's event source: ``kafka``, unless parametrized with ``source``."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("source", "kafka") if callspec else "kafka"
+
+
 @pytest.fixture()
-def env(isolated_redis, tmp_path) -> dict[str, str]:
+def env(request, isolated_redis, tmp_path) -> dict[str, str]:
+    """The test's environment: its own topics on the isolated broker, or its own landing
+    folder for a test parametrized with ``source="files"``."""
     home, port = isolated_redis
     environment = isolated_environment(home, port, tmp_path)
+    source = source_of(request)
+    if source == "kafka":
+        environment.update(kafka_environment(request.getfixturevalue("isolated_kafka"), f"{tmp_path.name}."))
     cfg = load_config("local", environ=environment)
+    if source == "kafka":
+        ensure_topics(KafkaTopics.of(cfg))
     redis.Redis(port=port, password=cfg.redis_password()).flushall()
     return environment
 
@@ -89,7 +132,7 @@ def checkpoint(env: dict[str, str]) -> Path:
 def generate(cfg: Config, events: int, seed: int, minutes_ago: float, malformed_fraction: float = 0.0):
     """Live events with recent times (older ones would be past their online ttl), at once."""
     start = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
-    return generate_live(cfg.events.landing_dir, rate=200, events=events, seed=seed, users=150,
+    return generate_live(live_destination(cfg), rate=200, events=events, seed=seed, users=150,
                          start_time=start, malformed_fraction=malformed_fraction, realtime=False,
                          progress=False)
 
@@ -149,7 +192,8 @@ def _line(**event) -> str:
                        "device_id": "d1", "channel": "web", **event})
 
 
-def test_late_events_within_the_lateness_count_later_ones_are_dead_letters(spark, env):
+@pytest.mark.parametrize("source", ["files"])  # file by file: one micro-batch each
+def test_late_events_within_the_lateness_count_later_ones_are_dead_letters(spark, env, source):
     cfg = config(env)
     t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
 
@@ -203,12 +247,15 @@ def wait_until(condition, what: str, running, output) -> None:
         time.sleep(0.2)
 
 
-def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(spark, env, tmp_path):
+@pytest.mark.parametrize("source", ["kafka", "files"])
+def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(spark, env, tmp_path, source):
     cfg = config(env)
-    summary = generate(cfg, events=1000, seed=5, minutes_ago=10, malformed_fraction=0.01)  # 5 files a type
+    # 5 files a type, or ~300 transaction and ~700 activity records: several micro-batches.
+    summary = generate(cfg, events=1000, seed=5, minutes_ago=10, malformed_fraction=0.01)
     log = tmp_path / "job.log"
+    limit = ["--max-records-per-trigger", "150"] if source == "kafka" else ["--max-files-per-trigger", "2"]
     command = [sys.executable, "-m", "jobs.stream_features", "--checkpoint", str(checkpoint(env)),
-               "--trigger-interval-s", "0", "--max-files-per-trigger", "2"]
+               "--trigger-interval-s", "0", *limit]
     with open(log, "wb") as out:  # its own process group: the job, its JVM and Spark's Python workers
         # The pause holds each micro-batch after its writes, before its commit: the kill lands there.
         job = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -226,7 +273,8 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(spark, en
         job.wait(timeout=30)
     assert not list((checkpoint(env) / "commits").glob("[0-9]*")), "micro-batch 0 finished before the kill"
 
-    # The restart (in the test's warm Spark session) re-runs micro-batch 0, then the rest.
+    # The restart (in the test's warm Spark session) re-runs micro-batch 0 (the same files,
+    # or the same offsets, from the checkpoint), then the rest.
     assert stream_features.run(cfg, StreamSettings(checkpoint(env), available_now=True), spark=spark) == 0
 
     good = summary.events - sum(summary.malformed.values())
@@ -269,3 +317,89 @@ def test_redis_outage_the_job_retries_and_catches_up(spark, env, capsys):
     assert exit_codes == [0], output()[-4000:]
     assert count_rows(spark, cfg) == (800, 800)
     assert_online_equals_batch(spark, cfg)
+
+
+def test_broker_outage_the_job_waits_and_catches_up(spark, env, capsys):
+    cfg = config(env)
+    settings = StreamSettings(checkpoint(env), trigger_interval=timedelta(seconds=0.5))
+    stop, exit_codes, printed = threading.Event(), [], []
+    job = threading.Thread(target=lambda: exit_codes.append(stream_features.run(cfg, settings, spark=spark, stop=stop)))
+
+    def output() -> str:
+        printed.append("".join(capsys.readouterr()))
+        return "".join(printed)
+
+    job.start()
+    try:
+        before = generate(cfg, events=400, seed=9, minutes_ago=10)
+        wait_until(lambda: accepted_in(output()) == before.events, "the first events", job.is_alive, output)
+
+        services.down(cfg, only=["kafka"])  # the whole broker: SIGTERM, then it is gone
+        time.sleep(15)  # the job polls a broker that is not there
+        assert job.is_alive(), output()[-4000:]
+        services.up(cfg, only=["kafka"])  # the same data folder: topics and records kept
+
+        after = generate(cfg, events=400, seed=10, minutes_ago=9)
+        wait_until(lambda: accepted_in(output()) == before.events + after.events, "catching up", job.is_alive,
+                   output)
+    finally:
+        stop.set()
+        job.join(timeout=120)
+    assert exit_codes == [0], output()[-4000:]
+    assert "giving up" not in output()
+    assert count_rows(spark, cfg) == (800, 800)
+    assert_online_equals_batch(spark, cfg)
+
+
+def test_malformed_records_on_a_topic_are_exact_dead_letters_and_the_job_lives_on(spark, env, capsys):
+    cfg = config(env)
+    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+
+    def transaction(number: int, **changes) -> dict:
+        return {"transaction_id": f"k{number}", "user_id": f"u{number % 3}", "merchant_id": "m1", "amount": 10.0,
+                "currency": "EUR", "country": "DE", "device_id": "d1", "channel": "web",
+                "event_time": (now + timedelta(seconds=number)).isoformat(), **changes}
+
+    good = [json.dumps(transaction(n)).encode() for n in range(5)]
+    missing = transaction(5)
+    del missing["user_id"]
+    bad = {  # value -> the reason the dead-letter table must give
+        b"not json at all": "broken_json",
+        None: "broken_json",  # a record without value (a tombstone; librdkafka sends b"" as one too)
+        json.dumps(transaction(6, amount="12,50")).encode(): "wrong_type:amount",
+        json.dumps(transaction(7, event_time="03/12/2026 10:00:00")).encode(): "wrong_type:event_time",
+        json.dumps(missing).encode(): "missing_field:user_id",
+        json.dumps(transaction(8, device_id="d" * (2 * MAX_RECORD_BYTES))).encode(): "oversize",
+        json.dumps(transaction(9, amount=-1.0)).encode(): "negative_amount",
+    }
+    producer = EventProducer(KafkaTopics.of(cfg))
+    producer.send(TRANSACTIONS, [*good[:3], *bad, *good[3:]])
+    producer.flush(30)
+
+    settings = StreamSettings(checkpoint(env), trigger_interval=timedelta(seconds=0.5))
+    stop, exit_codes, printed = threading.Event(), [], []
+    job = threading.Thread(target=lambda: exit_codes.append(stream_features.run(cfg, settings, spark=spark, stop=stop)))
+
+    def output() -> str:
+        printed.append("".join(capsys.readouterr()))
+        return "".join(printed)
+
+    job.start()
+    try:
+        wait_until(lambda: accepted_in(output()) == len(good), "the good records", job.is_alive, output)
+        # Alive: records sent after the bad ones are still taken in.
+        producer.send(TRANSACTIONS, [json.dumps(transaction(n)).encode() for n in (10, 11)])
+        producer.flush(30)
+        wait_until(lambda: accepted_in(output()) == len(good) + 2, "records after the bad ones", job.is_alive,
+                   output)
+    finally:
+        stop.set()
+        job.join(timeout=120)
+    assert exit_codes == [0], output()[-4000:]
+
+    dead = dead_letter_table(cfg, TRANSACTIONS, "stream").read(spark).collect()
+    assert sorted((row.raw or "<null>", row.reject_reason) for row in dead) == sorted(
+        ("<null>" if value is None else value.decode(), reason) for value, reason in bad.items())
+    assert all(row.source == "stream" and row.batch_id is not None for row in dead)
+    bronze_ids = {row.transaction_id for row in bronze_table(cfg, TRANSACTIONS).read(spark).collect()}
+    assert bronze_ids == {f"k{n}" for n in (0, 1, 2, 3, 4, 10, 11)}

@@ -11,6 +11,8 @@ plus two more:
 - ``reject_reason``: null for a valid row, otherwise exactly one of
 
   ==========================  ===========================================================
+  ``oversize``                a JSON line longer than ``MAX_RECORD_BYTES`` (64 KiB; ours
+                              are ~250 bytes): not parsed at all
   ``broken_json``             not a JSON object (truncated, garbage, empty, an array, ...)
   ``missing_field:<col>``     a required column is absent or JSON ``null``
   ``wrong_type:<col>``        a value that cannot be read as the column's type
@@ -56,7 +58,13 @@ MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 NEGATIVE_AMOUNT = "negative_amount"
 FUTURE_TIMESTAMP = "future_timestamp"
-REJECT_KINDS = (BROKEN_JSON, MISSING_FIELD, WRONG_TYPE, NEGATIVE_AMOUNT, FUTURE_TIMESTAMP)
+OVERSIZE = "oversize"
+# In the generator's code order (it writes every kind but oversize); oversize comes last.
+REJECT_KINDS = (BROKEN_JSON, MISSING_FIELD, WRONG_TYPE, NEGATIVE_AMOUNT, FUTURE_TIMESTAMP, OVERSIZE)
+
+# A JSON line longer than this is rejected unparsed: a producer bug or an attack, never an
+# event (ours are ~250 bytes), and parsing megabytes per record would stall a micro-batch.
+MAX_RECORD_BYTES = 64 * 1024
 
 DEFAULT_MAX_FUTURE = dt.timedelta(days=1)
 
@@ -79,6 +87,7 @@ def parse_json_events(raw: DataFrame, event_type: str, now: Column | dt.datetime
     batch's start, or the micro-batch's in streaming).
     """
     schema = SCHEMAS[event_type]
+    is_oversize = F.coalesce(F.octet_length(F.col(RAW)) > MAX_RECORD_BYTES, F.lit(False))
     json_struct = F.from_json(
         F.col(RAW), _all_strings(schema),
         {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT_RECORD},
@@ -87,7 +96,8 @@ def parse_json_events(raw: DataFrame, event_type: str, now: Column | dt.datetime
         F.col("value").cast(T.StringType()).alias(RAW),  # Kafka's value is binary
     ).select(
         F.col(RAW),
-        json_struct.alias(_JSON),
+        F.when(~is_oversize, json_struct).alias(_JSON),
+        is_oversize.alias(OVERSIZE),
     )
 
     def text(name: str) -> Column:
@@ -103,7 +113,7 @@ def parse_json_events(raw: DataFrame, event_type: str, now: Column | dt.datetime
         | text(_CORRUPT_RECORD).isNotNull()
         | ~F.coalesce(line.startswith("{") & line.endswith("}"), F.lit(False))
     )
-    reasons = [(is_broken, F.lit(BROKEN_JSON))]
+    reasons = [(F.col(OVERSIZE), F.lit(OVERSIZE)), (is_broken, F.lit(BROKEN_JSON))]
     reasons += [(text(f.name).isNull(), F.lit(f"{MISSING_FIELD}:{f.name}"))
                 for f in schema.fields if not f.nullable]
     reasons += [(text(f.name).isNotNull() & typed[f.name].isNull(), F.lit(f"{WRONG_TYPE}:{f.name}"))
