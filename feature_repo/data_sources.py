@@ -4,8 +4,9 @@ side door: every table is also computed by the stream, see issue 4).
 
 The lake is local or S3, from the active profile. On S3 the profile's endpoint (moto on
 loopback, or none for AWS) goes into ``s3_endpoint_override`` for Feast's own tools; the
-offline store reads through deltalake with the profile's S3 settings
-(``feature_repo/delta_offline_store.py``).
+offline store reads, validates (``feast apply``) and infers the columns of these sources
+through deltalake with all of the profile's S3 settings: endpoint, region, keys, http
+(``feature_repo/delta_offline_store.py``). Feast's own validation would ask public AWS.
 """
 from feast import FileSource, PushSource
 from feast.data_format import DeltaFormat

@@ -98,6 +98,15 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             logger.warning("Timestamp field %r not found in Delta source %r at %r. Available columns: %s",
                            data_source.timestamp_field, data_source.name, data_source.path, names)
 
+    @staticmethod
+    def offline_write_batch(config: RepoConfig, feature_view: FeatureView, table, progress) -> None:
+        """Refused: the lake's tables are written by the project's writer (validated,
+        tracked); Feast's Delta writer would open S3 with the endpoint alone (no region,
+        keys or http) and is broken on deltalake 1.x. Push to the online store only."""
+        raise NotImplementedError(
+            f"pushing to the offline store ({feature_view.name}) is not supported: the lake's Delta tables "
+            "are written by `tessera batch-features`; push with to=PushMode.ONLINE")
+
     def get_table_column_names_and_types_from_data_source(
         self, config: RepoConfig, data_source: DataSource
     ) -> Iterable[tuple[str, str]]:

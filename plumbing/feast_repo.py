@@ -12,7 +12,8 @@ the same profile.
 The yaml lives in ``<data_dir>/feast/`` (gitignored, mode 0600) beside the registry: it
 carries secrets read at generation time, the Redis password (environment or the
 profile's generated secret) and, for a lake on S3, the profile's S3 settings for
-deltalake (see ``feature_repo/delta_offline_store.py``).
+deltalake (see ``feature_repo/delta_offline_store.py``): Feast's reads, source validation
+and column inference address the profile's endpoint only.
 """
 from __future__ import annotations
 
