@@ -180,10 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="regenerate the history even if present")
     args = parser.parse_args(argv)
     cfg = load_config(args.profile)
-    # No call home: MLflow's client (imported later, by the steps and their subprocesses)
-    # would fetch its telemetry config from a host no profile names.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
     started = time.monotonic()
     try:
         summary = _run(cfg, args)
