@@ -1,10 +1,14 @@
 """Streaming benchmark: the stream_features job at fixed input rates, end to end, and its
 Redis writer beside Feast's on the rows the stream wrote.
 
+The input comes from a Kafka broker of the run's own (``--source kafka``, the default:
+the profiles' source) or from a landing folder (``--source files``).
+
     python bench/bench_streaming.py                    # 1k, 5k, 20k events/s, 120 s each, 1M users;
                                                        # then 5k events/s with 20k users
     python bench/bench_streaming.py --quick            # the same rates, 20 s each
     python bench/bench_streaming.py --rates 5000 --duration 90
+    python bench/bench_streaming.py --rates 1000 --duration 5 --dense-users 0 --writer-rounds 0 --out /tmp/b
 
 Populations: ``--users`` (1,000,000 by default, with 200,000 merchants: at 5k events/s a
 user has ~430 events a day) for every rate, then one run at 5k events/s with
@@ -12,14 +16,16 @@ user has ~430 events a day) for every rate, then one run at 5k events/s with
 case of the job's design: a touched user's 24 h of activity and 7 d of transactions go to
 Spark event by event, so its micro-batches grow as those histories fill.
 
-For each run, on a fresh lake, landing folder and checkpoint, with a Redis server of its
-own (a free port) and the profile's MLflow server:
+For each run, on a fresh lake, landing folder and checkpoint, with a Redis server and (for
+Kafka) a broker of its own (free ports, started by ``plumbing.services``) and the
+profile's MLflow server:
 
 1. start the job (``python -m jobs.stream_features``, its default processing-time trigger)
    and give it two small warm-up files, so the first micro-batches' start-up (Python
    workers, JIT) is not counted;
 2. generate live events at the rate for the duration (``jobs.generate_events live``: real
-   time, one file per second and event type, ``--users`` users);
+   time, one window per second and event type - records on the topics, acknowledged at
+   the end of their second, or a file - ``--users`` users);
 3. wait until the job has processed every event (at most ``--drain-timeout`` seconds),
    then stop it (SIGTERM).
 
@@ -31,9 +37,9 @@ Figures, from the job's progress lines (one per micro-batch, timestamped as they
 - freshness: each micro-batch reports the lag from event time to the end of its Redis
   writes, p50 and p99 over its events; the figures here weight the micro-batches by
   their events: the weighted median of the per-batch p50s, and the weighted 99th
-  percentile of the per-batch p99s (plus the worst micro-batch's p99). A file holds one
-  second of events and appears at the end of that second, so about 1 s of every lag is
-  the landing zone's own;
+  percentile of the per-batch p99s (plus the worst micro-batch's p99). The generator
+  sends a second of events at the end of that second (a file, or a window of Kafka
+  records), so about 1 s of every lag is the input's own;
 - steady-state freshness: the same p99 without the micro-batches that ended in the first
   ``--warm-up-s`` seconds of the input. The step from idle to the full rate meets a JVM
   whose JIT has not yet compiled the paths that rate makes hot: those first micro-batches
@@ -41,6 +47,7 @@ Figures, from the job's progress lines (one per micro-batch, timestamped as they
 - where the time goes: mean seconds per micro-batch of each step (collect = the one Spark
   job reading and parsing the files; features = the catalog functions, one Spark job per
   table, side by side; redis; lake = bronze and dead-letter appends, beside the features).
+  With Kafka, collect includes reading the micro-batch's records from the broker.
 
 Writer throughput (after the last run, same Redis, same rows): the newest
 ``user_transaction_features`` row per user that the stream stored (``--writer-rows`` of
@@ -49,7 +56,8 @@ written into two empty projects by Feast's ``FeatureStore.write_to_online_store`
 the job's writer (``OnlineStoreWriter``), best of ``--writer-rounds``; the two projects'
 hashes are then compared byte for byte.
 
-Results: bench/results/streaming.json, streaming.md and streaming.png (lag over time).
+Results: bench/results/streaming.json, streaming.md and streaming.png (lag over time), or
+in ``--out``.
 """
 from __future__ import annotations
 
@@ -152,10 +160,12 @@ class Job:
             self.process.wait()
 
 
-def generate(env: dict[str, str], landing: Path, rate: float, duration_s: float, users: int, seed: int,
+def generate(env: dict[str, str], landing: Path | None, rate: float, duration_s: float, users: int, seed: int,
              realtime: bool = True) -> int:
-    """Run the live generator; return the events it wrote."""
-    command = [sys.executable, "-m", "jobs.generate_events", "live", "--out", str(landing), "--rate", str(rate),
+    """Run the live generator (into ``landing``, or with None to the profile's Kafka
+    topics); return the events it wrote."""
+    out = ["--out", str(landing)] if landing else []
+    command = [sys.executable, "-m", "jobs.generate_events", "live", *out, "--rate", str(rate),
                "--duration", str(duration_s), "--users", str(users), "--seed", str(seed), "--no-progress"]
     if not realtime:
         command.append("--as-fast-as-possible")
@@ -238,27 +248,33 @@ def compare_writers(cfg: Config, rounds: int, max_rows: int) -> dict:
 
 # ------------------------------------------------------------------ one rate
 def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_interval_s: float | None,
-             drain_timeout_s: float, warm_up_s: float, writer_rounds: int = 0, writer_rows: int = WRITER_ROWS) -> dict:
+             drain_timeout_s: float, warm_up_s: float, writer_rounds: int = 0, writer_rows: int = WRITER_ROWS,
+             source: str = "kafka") -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as scratch:
         root = Path(scratch)
         overrides = {"TESSERA__DATA_DIR": str(root / "data"), "TESSERA__REDIS__PORT": str(_free_port()),
-                     "TESSERA__LAKE__ROOT": str(root / "lake"), "TESSERA__EVENTS__LANDING_DIR": str(root / "landing")}
+                     "TESSERA__LAKE__ROOT": str(root / "lake"), "TESSERA__EVENTS__LANDING_DIR": str(root / "landing"),
+                     "TESSERA__EVENTS__SOURCE": source,
+                     "TESSERA__SERVICES__KAFKA__PORT": str(_free_port()),
+                     "TESSERA__SERVICES__KAFKA__CONTROLLER_PORT": str(_free_port())}
         cfg = load_config(profile, environ={**os.environ, **overrides})
-        services.up(cfg, only=["redis"])
+        own_services = ["redis", "kafka"] if source == "kafka" else ["redis"]
+        services.up(cfg, only=own_services)
         env = {**os.environ, **overrides}
+        landing = root / "landing" if source == "files" else None
         load_at_start = round(os.getloadavg()[0], 1)
         job = Job(env, root / "checkpoint", trigger_interval_s)
         writers = None
         try:
             warm_up = 0
             for seed in (1, 3):  # the first micro-batches start Python workers and warm the JIT
-                warm_up += generate(env, root / "landing", rate=100, duration_s=1, users=users, seed=seed,
+                warm_up += generate(env, landing, rate=100, duration_s=1, users=users, seed=seed,
                                     realtime=False)
                 if not job.wait_for_accepted(warm_up, timeout_s=300):
                     raise RuntimeError("the warm-up micro-batch did not finish:\n" + "".join(job.tail))
             warm_batches = len(job.batches)
             started = time.time()
-            generated = generate(env, root / "landing", rate=rate, duration_s=duration_s, users=users, seed=2)
+            generated = generate(env, landing, rate=rate, duration_s=duration_s, users=users, seed=2)
             generator_s = time.time() - started
             drained = job.wait_for_accepted(warm_up + generated, timeout_s=drain_timeout_s)
             job.stop()
@@ -266,7 +282,7 @@ def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_int
                 writers = compare_writers(cfg, writer_rounds, writer_rows)
         finally:
             job.stop()
-            services.down(cfg, only=["redis"])
+            services.down(cfg, only=own_services)
 
     timeline = job.batches[warm_batches:]
     batches = [values for _, values in timeline]
@@ -280,7 +296,7 @@ def run_rate(profile: str, rate: int, duration_s: float, users: int, trigger_int
               for arrived, values in timeline if "lag_p50_s" in values and arrived - started >= warm_up_s]
     busy_s = sum(float(values["duration_s"]) for values in batches)
     return {
-        "rate": rate, "duration_s": duration_s, "users": users, "generated": generated,
+        "source": source, "rate": rate, "duration_s": duration_s, "users": users, "generated": generated,
         "generator_s": round(generator_s, 1), "processed": processed, "drained": drained,
         "backlog": generated - processed, "micro_batches": len(batches),
         "sustained_events_per_s": round(processed / (finished - started)) if processed else 0,
@@ -349,13 +365,14 @@ def plot(results: list[dict], path: Path, warm_up_s: float) -> bool:
 def write_report(results: list[dict], args: argparse.Namespace) -> None:
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    RESULTS.mkdir(exist_ok=True)
+    results_dir = args.out
+    results_dir.mkdir(parents=True, exist_ok=True)
     writers = next((run["writers"] for run in reversed(results) if run.get("writers")), None)
-    (RESULTS / "streaming.json").write_text(json.dumps(
-        {"benchmark": "streaming", "when": when, "machine": machine,
+    (results_dir / "streaming.json").write_text(json.dumps(
+        {"benchmark": "streaming", "when": when, "machine": machine, "source": args.source,
          "trigger_interval_s": args.trigger_interval_s or "job default", "runs": results, "writers": writers},
         indent=2) + "\n")
-    has_plot = plot(results, RESULTS / "streaming.png", args.warm_up_s)
+    has_plot = plot(results, results_dir / "streaming.png", args.warm_up_s)
 
     def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -381,12 +398,13 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
         f"| {run['rate']:,} | {run['users']:,} | " + " | ".join(f"{run['mean_step_s'].get(step, 0):.2f}" for step in STEPS)
         + f" | {seconds(run['mean_batch_s'])} |" for run in results)
     text = (
-        "### Streaming: landing files -> stream_features -> Redis\n\n"
+        f"### Streaming: {'Kafka topics' if args.source == 'kafka' else 'landing files'} -> stream_features "
+        "-> Redis\n\n"
         f"{when} on {machine}; `python bench/bench_streaming.py{' --quick' if args.quick else ''}`: "
         "trigger " + (f"every {args.trigger_interval_s} s" if args.trigger_interval_s else "the job's default (every 0.5 s)") + ", each run on a fresh lake, "
         "checkpoint and Redis, after two warm-up micro-batches. Freshness = event time to the end of the "
-        "micro-batch's Redis writes (a landing file holds one second of events, so ~1 s of it is the "
-        "landing zone's); p50/p99 weight each micro-batch's own p50/p99 by its events. Steady state leaves "
+        "micro-batch's Redis writes (the generator sends each second of events at its end, as a file or "
+        "as Kafka records, so ~1 s of it is the input's own); p50/p99 weight each micro-batch's own p50/p99 by its events. Steady state leaves "
         f"out the micro-batches that ended in the first {args.warm_up_s:.0f} s of the input: the step from idle "
         "to the full rate meets a JVM whose JIT has not compiled that rate's hot paths yet. Goal: p99 under "
         "5 s at 5,000 events/s. The machine is shared: load average at each start in the last column.\n\n"
@@ -419,7 +437,7 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
             f"{writers['rows'] - writers['hashes_different']:,} of {writers['rows']:,}.\n")
     if has_plot:
         text += "\n![lag over time, and micro-batch cost against the rows computed over](streaming.png)\n"
-    (RESULTS / "streaming.md").write_text(text)
+    (results_dir / "streaming.md").write_text(text)
 
 
 def main() -> int:
@@ -442,6 +460,11 @@ def main() -> int:
     parser.add_argument("--writer-rounds", type=int, default=2,
                         help="rounds of the Feast/writer comparison after the last rate (default 2; 0: skip)")
     parser.add_argument("--profile", default="local")
+    parser.add_argument("--source", choices=("kafka", "files"), default="kafka",
+                        help="where the events come from: a Kafka broker of each run's own (default), or a "
+                             "landing folder")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help=f"folder of the report files (default {RESULTS.relative_to(REPO_ROOT)})")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.drain_timeout, args.writer_rounds = 20.0, 60.0, 1
@@ -455,10 +478,10 @@ def main() -> int:
         print(f"== {rate:,} events/s for {args.duration:.0f} s, {users:,} users", flush=True)
         writer_rounds = args.writer_rounds if number == len(runs) - 1 else 0
         results.append(run_rate(args.profile, rate, args.duration, users, args.trigger_interval_s,
-                                args.drain_timeout, args.warm_up_s, writer_rounds, args.writer_rows))
+                                args.drain_timeout, args.warm_up_s, writer_rounds, args.writer_rows, args.source))
         print(json.dumps({key: value for key, value in results[-1].items() if key != "timeline"}), flush=True)
     write_report(results, args)
-    print((RESULTS / "streaming.md").read_text())
+    print((args.out / "streaming.md").read_text())
     return 0
 
 

@@ -19,10 +19,10 @@ from plumbing.services import SERVICE_NAMES, ServiceError
 
 # subcommand -> (module with main(argv), one-line help)
 JOBS = {
-    "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines)"),
+    "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines to Kafka or the landing folder)"),
     "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
     "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve"),
-    "stream-features": ("jobs.stream_features", "Structured Streaming from the landing folder to Redis (and dead letters)"),
+    "stream-features": ("jobs.stream_features", "Structured Streaming from Kafka (or the landing folder) to Redis (and dead letters)"),
     "consistency-check": ("jobs.consistency_check", "compare Redis with the batch values as of the same cut-off"),
     "table": ("jobs.lake_tables", "a Delta table's versions and MLflow runs, rollback, validation report"),
     "train": ("jobs.train_model", "build a point-in-time training set, train, evaluate, register the fraud model"),

@@ -1,15 +1,18 @@
-"""Streaming features: live events from the landing zone -> bronze Delta tables -> Redis.
+"""Streaming features: live events from Kafka (or the landing zone) -> bronze Delta tables -> Redis.
 
     spark-submit jobs/stream_features.py --profile local
     python -m jobs.stream_features --available-now      (process what has landed, then stop)
     tessera stream-features ...                         (the same, through the console command)
 
-One Structured Streaming query reads the three event folders ``<events.landing_dir>/<event_type>/``
-(JSON lines, Spark's text file source; Kafka below), parses every record on the stream
-itself with ``transformations.cleaning.parse_json_events``, and unions the three into one
-stream with an event-time watermark. ``foreachBatch`` then handles each micro-batch:
+One Structured Streaming query reads the three event types - the Kafka topics
+``transactions``, ``activity``, ``chargebacks`` (``events.source: kafka``, the default; see
+Kafka below) or the folders ``<events.landing_dir>/<event_type>/`` (``files``: JSON lines,
+Spark's text file source) - parses every record on the stream itself with
+``transformations.cleaning.parse_json_events`` (a record is one JSON line either way), and
+unions the three into one stream with an event-time watermark. ``foreachBatch`` then
+handles each micro-batch, the same code whatever the source:
 
-1. collect: ONE Spark job reads and parses the micro-batch's files and brings it to the
+1. collect: ONE Spark job reads and parses the micro-batch's records and brings it to the
    driver as Arrow, each record classified ``malformed`` (cleaning's reason), ``too_late``
    (a valid event older than the micro-batch's watermark) or ``accepted``; the counts and
    the freshness percentiles are computed there (exactly);
@@ -57,7 +60,8 @@ keeps one watermark and one checkpoint.
 
 Nothing lost, nothing counted twice
     After a crash (``kill -9`` included) the restarted job re-runs the unfinished micro-batch
-    with the same files, batch id and watermark: Spark keeps them in the checkpoint. It
+    with the same records (Kafka offset ranges, or files), batch id and watermark: Spark
+    keeps them in the checkpoint. It
     first rebuilds the in-memory history from bronze, leaving out the rows bronze may
     already hold of the micro-batch being re-run. Every step repeats safely: a Delta table
     that already holds rows of this query's batch id is not appended to again (seen in the
@@ -90,11 +94,21 @@ Freshness
     micro-batch's Redis writes (an upper bound for each value): p50 and p99.
 
 Kafka
-    With ``events.source: kafka`` the same query reads the topics named after the event
-    types (``transactions``, ``activity``, ``chargebacks``) from
-    ``events.kafka_bootstrap_servers``; the record's value is the JSON line. This needs the
-    spark-sql-kafka connector on the classpath (e.g. ``spark-submit --jars``), which these
-    machines cannot download, so only the file source is exercised here.
+    With ``events.source: kafka`` each event type is a topic, ``<events.kafka_topic_prefix>
+    <event_type>`` on ``events.kafka_bootstrap_servers`` (unset: the broker ``tessera up``
+    starts, ``services.kafka``), read with Spark's connector (spark-sql-kafka, loaded from
+    ``.jars/spark`` by ``plumbing.spark``). A record's value is the JSON line (its key, the
+    entity, is not read), so parsing, dead letters and everything after are the file
+    source's. The offsets read are Spark's, in the checkpoint (no consumer group commits):
+    a new checkpoint starts at the oldest record the topics keep (``startingOffsets
+    earliest``), a restart where the checkpoint ends. ``--max-records-per-trigger`` caps a
+    micro-batch per topic (``maxOffsetsPerTrigger``). ``failOnDataLoss`` stays true: records
+    gone before they were read (retention ran out while the job was stopped, a topic
+    deleted and made again) fail the query, so the job stops after ``--max-failures``
+    instead of skipping events silently; to go on without them, start on a new checkpoint
+    (docs/operations.md). A broker that goes away stalls or fails the micro-batch: the job
+    restarts from the checkpoint with its back-off and catches up once the broker is back
+    (tested: ``tests/test_stream_features.py``, broker stopped and started mid-stream).
 
 Exit codes: 0 stopped cleanly (drained with ``--available-now``, or SIGTERM/SIGINT);
 1 too many failures in a row; 2 bad usage.

@@ -179,8 +179,10 @@ def example_env(local_services, tmp_path):
     """The scratch clone, an isolated Redis, and the environment of the page's commands."""
     clone = scratch_clone(tmp_path / "repo")
     data_dir, redis_port, api_port = tmp_path / "data", _free_port(), _free_port()
+    # The file source: the page's events land in a folder of this test's own (the profile's
+    # default, Kafka, would share the broker's topics with every other run).
     overrides = {"TESSERA__DATA_DIR": str(data_dir), "TESSERA__REDIS__PORT": str(redis_port),
-                 "TESSERA__SERVING__PORT": str(api_port)}
+                 "TESSERA__SERVING__PORT": str(api_port), "TESSERA__EVENTS__SOURCE": "files"}
     cfg = load_config("local", environ={**os.environ, **overrides})
     services.up(cfg, only=["redis"])
     env = {**os.environ, **overrides,

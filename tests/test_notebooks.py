@@ -61,6 +61,7 @@ def stream_run(demo_like_data, isolated_redis, spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {"TESSERA__DATA_DIR": str(home), "TESSERA__REDIS__PORT": str(port),
+                           "TESSERA__EVENTS__SOURCE": "files",  # one micro-batch per landing file
                            "TESSERA__EVENTS__LANDING_DIR": str(root / "landing")}.items():
             patch.setenv(key, value)
         cfg = load_config("local")

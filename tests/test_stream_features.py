@@ -99,10 +99,16 @@ def isolated_kafka(isolated_redis):
     services.down(cfg, only=["kafka"])
 
 
+# The source of this module's tests unless parametrized with ``source`` (modules that borrow
+# the ``env`` fixture without streaming get the file source: no broker).
+DEFAULT_SOURCE = "kafka"
+
+
 def source_of(request) -> str:
-    """The test's event source: ``kafka``, unless parametrized with ``source``."""
+    """The test's event source: its ``source`` parameter, else its module's DEFAULT_SOURCE."""
     callspec = getattr(request.node, "callspec", None)
-    return callspec.params.get("source", "kafka") if callspec else "kafka"
+    default = getattr(request.module, "DEFAULT_SOURCE", "files")
+    return callspec.params.get("source", default) if callspec else default
 
 
 @pytest.fixture()
