@@ -32,10 +32,10 @@ def uses_s3(cfg: Config) -> bool:
     return any(uri.startswith(("s3://", "s3a://")) for uri in (cfg.lake.root, cfg.events.history_uri))
 
 
-def jar_paths(cfg: Config, group: str) -> list[str]:
+def jar_paths(cfg: Config, group: str, subfolder: str = "") -> list[str]:
     """The jars of one group in ``.jars/``; a missing group stops with the command that fetches it."""
     folder = JARS_DIR / group
-    found = sorted(str(path) for path in folder.glob("*.jar"))
+    found = sorted(str(path) for path in (folder / subfolder).glob("*.jar"))
     if not (folder / ".fetched").exists() or not found:
         raise SparkSetupError(
             f"the '{group}' jars are missing from {folder} (profile {cfg.profile} needs them): "
@@ -54,8 +54,13 @@ def s3a_conf(cfg: Config) -> dict[str, str]:
     conf = {
         "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.endpoint.region": cfg.s3.region,
-        # Delta's S3 log store: see plumbing/lake.py (one log store per scheme).
         "spark.hadoop.fs.s3a.path.style.access": str(bool(cfg.s3.endpoint_url)).lower(),
+        # Several drivers append to one table (the batch job and the stream, to bronze):
+        # commits go through S3's conditional PUT, so exactly one writer wins each version
+        # (jars/logstore; Delta's default S3 store is safe for a single driver only).
+        "spark.delta.logStore.s3a.impl": "dev.tessera.delta.S3ConditionalPutLogStore",
+        "spark.delta.logStore.s3.impl": "dev.tessera.delta.S3ConditionalPutLogStore",
+        "spark.hadoop.fs.s3a.create.conditional.enabled": "true",
     }
     if cfg.s3.endpoint_url:
         conf["spark.hadoop.fs.s3a.endpoint"] = cfg.s3.endpoint_url
@@ -79,9 +84,12 @@ def get_spark(cfg: Config, app_name: str) -> SparkSession:
     # Python workers must run the interpreter that has this project's packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    spark_jars = jar_paths(cfg, "spark")
+    if uses_s3(cfg):  # the project's S3 log store extends delta-storage: same class loader
+        spark_jars += jar_paths(cfg, "s3", subfolder="delta")
     builder = (
         SparkSession.builder.appName(f"tessera-{app_name}")
-        .config("spark.jars", ",".join(jar_paths(cfg, "spark")))
+        .config("spark.jars", ",".join(spark_jars))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.driver.memory", cfg.spark.driver_memory)
