@@ -39,7 +39,8 @@ import pyarrow.fs as pafs
 
 from plumbing import services
 from plumbing.config import Config, load_config
-from plumbing.lake import LakeTable, filesystem_and_root, table_uri
+from plumbing.lake import LakeTable, table_uri
+from plumbing.storage import filesystem_and_root
 from transformations.catalog import FEATURE_TABLES
 
 MODEL_NAME = "tessera-fraud"

@@ -15,7 +15,9 @@ row never replaces a newer one), so online values stay those of the current code
 the entity's next event; see docs/operations.md.
 
 Works on any table under ``lake.root`` (feature tables, ``bronze_*``, dead letters), local
-or S3. Needs no Spark: the metadata and the restore go through ``deltalake``.
+or S3. ``history`` and ``report`` need no Spark (the log is read with ``deltalake``); the
+rollback is a delta-spark RESTORE, like every other write to the lake. The mode and range
+of each commit come from its Delta ``userMetadata`` (see ``plumbing.lake``).
 """
 from __future__ import annotations
 
@@ -73,13 +75,16 @@ def _range_text(value) -> str:
 
 def rollback(cfg: Config, name: str, version: int) -> int:
     """Restore ``name`` to ``version`` in a new commit, tracked in MLflow; return the new version."""
+    from plumbing.spark import get_spark
+
     table = _table(cfg, name)
     current = table.version()
     if not 0 <= version < current:
         raise LakeError(f"{name}: can roll back only to a version in 0..{current - 1} (current: {current})")
+    spark = get_spark(cfg, "table-rollback")
     with tracking.feature_table_run(cfg, name, run_name=f"{name} rollback to {version}",
                                     tags={RESTORED_FROM_TAG: str(version)}):
-        new_version = table.restore(version)
+        new_version = table.restore(spark, version)
         tracking.log_delta_version(new_version)
     return new_version
 

@@ -371,20 +371,21 @@ def holds_batch(table: LakeTable, query_id: str, batch_id: int) -> bool:
     """Whether ``table`` already holds rows of this query's micro-batch ``batch_id``.
 
     Read from the file statistics in the Delta log, not from the data: each write of a
-    micro-batch makes files holding that micro-batch only, so their min statistics name it.
+    micro-batch makes files holding that micro-batch only, so their min statistics name it
+    (delta-spark keeps a 32-character prefix of a string's: the query id's first 32 of 36).
     """
     if not table.exists():
         return False
     files = pa.table(DeltaTable(table.uri, storage_options=table.storage_options).get_add_actions(flatten=True))
     if f"min.{BATCH_ID}" not in files.column_names:
         return False
-    return any(query == query_id and batch == batch_id
+    return any(query is not None and query_id.startswith(query) and batch == batch_id
                for query, batch in zip(files.column(f"min.{QUERY_ID}").to_pylist(),
                                        files.column(f"min.{BATCH_ID}").to_pylist()))
 
 
-def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id: str, batch_id: int,
-                may_hold_it: bool) -> float:
+def append_once(spark: SparkSession, table: LakeTable, rows: pa.Table, schema: T.StructType, query_id: str,
+                batch_id: int, may_hold_it: bool) -> float:
     """Append ``rows`` stamped with the micro-batch, unless the table already holds it (a
     re-run after a crash: only possible when ``may_hold_it``). Returns the seconds taken."""
     started = time.monotonic()
@@ -392,7 +393,7 @@ def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id
         return time.monotonic() - started
     stamped = (rows.append_column(BATCH_ID, pa.array(np.full(rows.num_rows, batch_id, dtype=np.int64)))
                .append_column(QUERY_ID, pa.array([query_id] * rows.num_rows, pa.string())))
-    table.append_arrow(stamped, schema)
+    table.append_arrow(spark, stamped, schema)
     return time.monotonic() - started
 
 
@@ -714,10 +715,10 @@ class MicroBatchProcessor:
         # features take the new events from the micro-batch and the history from memory.
         with ThreadPoolExecutor(max_workers=len(touched) + len(accepted) + len(rejected) or 1) as pool:
             online_writes = [pool.submit(self._write_online, spark, table, accepted) for table in touched]
-            lake_writes = [pool.submit(append_once, bronze_table(self.cfg, event_type), events,
+            lake_writes = [pool.submit(append_once, spark, bronze_table(self.cfg, event_type), events,
                                        BRONZE_SCHEMAS[event_type], query_id, batch_id, may_hold_it)
                            for event_type, events in accepted.items()]
-            lake_writes += [pool.submit(append_once, dead_letter_table(self.cfg, event_type, "stream"), rows,
+            lake_writes += [pool.submit(append_once, spark, dead_letter_table(self.cfg, event_type, "stream"), rows,
                                         DEAD_LETTER_SCHEMA, query_id, batch_id, may_hold_it)
                             for event_type, rows in rejected.items()]
             online, written_at = WriteResult(), time.time()

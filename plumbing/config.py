@@ -59,13 +59,9 @@ class S3Config(_Section):
 
 
 class LakeConfig(_Section):
-    """The offline store: Delta tables under one root URI (local path or s3://bucket/prefix)."""
+    """The offline store: Delta tables (delta-spark) under one root URI (local path or s3a://bucket/prefix)."""
 
     root: str
-    # arrow: executors write Parquet through pyarrow.fs and the driver commits with
-    # deltalake (works without any JVM jar); native: spark format("delta"), for clusters
-    # that ship delta-spark and hadoop-aws jars.
-    writer: Literal["arrow", "native"] = "arrow"
 
 
 class EventsConfig(_Section):

@@ -12,7 +12,7 @@ import pytest
 
 from plumbing import services
 from plumbing.config import Config, load_config
-from plumbing.spark import get_spark
+from plumbing.spark import get_spark, jar_paths, s3a_conf
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +25,24 @@ def s3_cfg() -> Config:
     return load_config("s3")
 
 
+def both_profiles_session_cfg(local_cfg: Config, s3_cfg: Config) -> Config:
+    """The local profile, plus what the s3 profile's session has: the s3a class path, the S3
+    log store's jar and the s3a settings for the s3 profile's endpoint. One test session then
+    reads and writes local tables and the s3 profile's ``s3a://`` tables alike."""
+    s3_class_path = ":".join(jar_paths(s3_cfg, "s3"))
+    extra = {**s3a_conf(s3_cfg),
+             "spark.jars": ",".join(jar_paths(local_cfg, "spark") + jar_paths(s3_cfg, "s3", subfolder="delta")),
+             "spark.driver.extraClassPath": s3_class_path,
+             "spark.executor.extraClassPath": s3_class_path,
+             **local_cfg.spark.extra_conf}
+    spark_cfg = local_cfg.spark.model_copy(update={"extra_conf": extra})
+    return local_cfg.model_copy(update={"spark": spark_cfg})
+
+
 @pytest.fixture(scope="session")
-def spark(local_cfg):
+def spark(local_cfg, s3_cfg):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = get_spark(local_cfg, "tests")
+    session = get_spark(both_profiles_session_cfg(local_cfg, s3_cfg), "tests")
     yield session
     session.stop()
 

@@ -1,22 +1,29 @@
-"""Delta lake tables (plumbing.lake) on real local disk and on the real S3 endpoint (moto).
+"""Delta lake tables (plumbing.lake, delta-spark) on real local disk and on the real S3
+endpoint (moto, through s3a).
 
 Each test uses its own table: a tmp_path folder, or a unique prefix in bucket tessera-lake.
 """
 from __future__ import annotations
 
+import os
 import threading
+import time
 import uuid
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 from chispa import assert_df_equality
-from deltalake import DeltaTable
+from deltalake import DeltaTable as RsDeltaTable
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
-from plumbing.lake import LakeConflictError, LakeSchemaError, LakeTable, filesystem_and_root
+from plumbing.config import load_config
+from plumbing.lake import MODE_KEY, RANGE_KEY, LakeConflictError, LakeError, LakeSchemaError, LakeTable, table_uri
+from plumbing.storage import delete_tree, filesystem_and_root
 
 SCHEMA = "user_id string, event_ts timestamp, amount double"
 WITH_DATE = "user_id string, event_ts timestamp, amount double, event_date string"
@@ -40,7 +47,7 @@ def data_files(table: LakeTable) -> list[str]:
     filesystem, root = filesystem_and_root(table.uri, table.storage_options)
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     return sorted(info.path for info in filesystem.get_file_info(selector)
-                  if info.path.endswith(".parquet"))
+                  if info.path.endswith(".parquet") and "_delta_log" not in info.path)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -50,14 +57,39 @@ def table(request, tmp_path) -> Iterator[LakeTable]:
         return
     cfg = request.getfixturevalue("s3_services")  # the real moto endpoint, bucket tessera-lake
     table = LakeTable.for_config(cfg, f"test_lake/{uuid.uuid4().hex[:12]}")
+    assert table.uri.startswith("s3a://")
     yield table
-    filesystem, root = filesystem_and_root(table.uri, table.storage_options)
-    filesystem.delete_dir(root)
+    delete_tree(table.uri, table.storage_options)
 
 
 @pytest.fixture
 def local_table(tmp_path) -> LakeTable:
     return LakeTable(str(tmp_path / "txn_features"))
+
+
+def slow(column: str, seconds: float = 3.0):
+    """The column, computed by a Python UDF that sleeps first: keeps a write's transaction open."""
+    return F.udf(lambda value: (time.sleep(seconds), value)[1], "double")(F.col(column))
+
+
+def at_once(*actions):
+    """Run the actions from one thread each, released together; return results or lake errors."""
+    start = threading.Barrier(len(actions))
+    outcomes: list = [None] * len(actions)
+
+    def run(i):
+        start.wait()
+        try:
+            outcomes[i] = actions[i]()
+        except LakeError as error:
+            outcomes[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(actions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
 
 
 # ---------------------------------------------------------------------- both profiles
@@ -120,9 +152,10 @@ def test_read_by_time_range_keeps_start_and_excludes_end(spark, table):
 
 def test_concurrent_appends_both_land(spark, table):
     table.write(events(spark, [("u0", at(1), 0.0)]))
-    staged = [table.stage(events(spark, [(f"u{i}", at(2), float(i))])) for i in (1, 2)]
+    appends = [events(spark, [(f"u{i}", at(2), float(i))]).withColumn("amount", slow("amount", 1.0))
+               for i in (1, 2)]
 
-    versions = commit_at_once(staged)
+    versions = at_once(*(lambda df=df: table.write(df) for df in appends))
 
     assert sorted(versions) == [1, 2]
     assert_df_equality(table.read(spark), expected(spark, [
@@ -132,24 +165,31 @@ def test_concurrent_appends_both_land(spark, table):
 
 
 def test_concurrent_replaces_of_one_range_one_wins_the_other_gets_a_clean_error(spark, table):
-    table.write(events(spark, [("u0", at(1), 0.0)]))  # the replaced range is still empty
-    staged = [table.stage(events(spark, [(f"u{i}", at(2), float(i))]), mode="replace_range",
-                          replace_range=("2024-03-02", "2024-03-03")) for i in (1, 2)]
+    table.write(events(spark, [("u0", at(1), 0.0), ("u0", at(2), 0.0)]))
+    # Each replace computes its rows slowly: both transactions are open before either commits.
+    replaces = [events(spark, [(f"u{i}", at(2), float(i)), (f"u{i}", at(2, 13), float(i))])
+                .withColumn("amount", slow("amount")) for i in (1, 2)]
 
-    outcomes = commit_at_once(staged)
+    outcomes = at_once(*(lambda df=df: table.write(df, mode="replace_range",
+                                                    replace_range=("2024-03-02", "2024-03-03"))
+                         for df in replaces))
 
     winner = next(i for i, outcome in enumerate(outcomes) if outcome == 1)
-    loser = staged[1 - winner]
     assert isinstance(outcomes[1 - winner], LakeConflictError)
+    assert "conflicts with a concurrent commit" in str(outcomes[1 - winner])
     assert table.version() == 1
-    assert table.read(spark).filter("event_date = '2024-03-02'").count() == 1
-    assert not [path for path in data_files(table) if loser.write_id in path]
+    # The winner's two rows, whole; nothing of the loser, nothing left of the replaced day.
+    assert_df_equality(table.read(spark), expected(spark, [
+        ("u0", at(1), 0.0, "2024-03-01"),
+        (f"u{winner + 1}", at(2), float(winner + 1), "2024-03-02"),
+        (f"u{winner + 1}", at(2, 13), float(winner + 1), "2024-03-02"),
+    ]), ignore_row_order=True, ignore_nullable=True)
 
 
 def test_the_table_is_readable_by_plain_deltalake(spark, table):
     table.write(events(spark, [("u1", at(1), 1.5), ("u2", at(2), None)]))
 
-    arrow = DeltaTable(table.uri, storage_options=table.storage_options).to_pyarrow_table()
+    arrow = RsDeltaTable(table.uri, storage_options=table.storage_options).to_pyarrow_table()
 
     assert arrow.sort_by("user_id").to_pylist() == [
         {"user_id": "u1", "event_ts": at(1), "amount": 1.5, "event_date": "2024-03-01"},
@@ -158,63 +198,80 @@ def test_the_table_is_readable_by_plain_deltalake(spark, table):
     assert arrow.schema.field("event_ts").type == pa.timestamp("us", tz="UTC")
 
 
-def commit_at_once(staged):
-    """Commit staged writes from one thread each, released together; return versions or errors."""
-    start = threading.Barrier(len(staged))
-    outcomes: list = [None] * len(staged)
+def test_deltalake_and_spark_return_the_same_rows_for_every_version(spark, table):
+    table.write(events(spark, [("u1", at(1, 8).replace(microsecond=123456), 1.5), ("u2", at(2), None)]))
+    table.write(events(spark, [("u3", at(2, 9), 7.0, 3)], SCHEMA + ", n int"))
+    table.write(events(spark, [("u4", at(2, 10), 8.0, 4)], SCHEMA + ", n int"), mode="replace_range",
+                replace_range=("2024-03-02", "2024-03-03"))
 
-    def commit(i):
-        start.wait()
-        try:
-            outcomes[i] = staged[i].commit()
-        except LakeConflictError as error:
-            outcomes[i] = error
+    for version in range(table.version() + 1):
+        by_spark = table.read(spark, version=version).toArrow()
+        by_deltalake = RsDeltaTable(table.uri, version=version,
+                                    storage_options=table.storage_options).to_pyarrow_table()
+        assert by_deltalake.schema.names == by_spark.schema.names
+        assert (by_deltalake.sort_by("user_id").to_pylist()
+                == by_spark.cast(by_deltalake.schema).sort_by("user_id").to_pylist()), version
+    assert table.schema() == table.read(spark).schema
 
-    threads = [threading.Thread(target=commit, args=(i,)) for i in range(len(staged))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
+
+def test_history_carries_each_commits_mode_and_range(spark, table):
+    table.write(events(spark, [("u1", at(1), 1.0)]))
+    table.write(events(spark, [("u1", at(1), 2.0)]), mode="replace_range",
+                replace_range=(date(2024, 3, 1), date(2024, 3, 2)))
+
+    newest, oldest = table.history()
+
+    assert (newest["version"], newest[MODE_KEY], newest[RANGE_KEY]) == (1, "replace_range",
+                                                                        ["2024-03-01", "2024-03-02"])
+    assert (oldest["version"], oldest[MODE_KEY], oldest[RANGE_KEY]) == (0, "append", None)
+    assert newest["operation"] == "WRITE"
+
+
+def test_append_arrow_runs_one_spark_job_the_write(spark, table):
+    schema = from_arrow_schema(pa.schema([("user_id", pa.string()), ("event_ts", pa.timestamp("us", tz="UTC")),
+                                          ("amount", pa.float64())]))
+    rows = pa.table({"user_id": ["u1", "u2"], "event_ts": pa.array([at(1), at(2)], pa.timestamp("us", tz="UTC")),
+                     "amount": [1.0, None]})
+    assert table.append_arrow(spark, rows, schema) == 0  # creates the table
+    group = f"append-arrow-{uuid.uuid4().hex}"
+    spark.sparkContext.setJobGroup(group, "test")
+    try:
+        assert table.append_arrow(spark, rows.slice(0, 1), schema) == 1
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(group)) == 1
+    assert table.read(spark).where("user_id = 'u1'").count() == 2
 
 
 # ---------------------------------------------------------------------- local only
 def test_each_file_records_its_row_count_and_min_max_null_statistics(spark, local_table):
     local_table.write(events(spark, [("u1", at(1, 8, 0), 4.0), ("u2", at(1, 9, 30), None),
-                                     ("u3", at(1, 10, 0).replace(microsecond=1500), 2.0)]))
+                                     ("u3", at(1, 10, 0).replace(microsecond=1500), 2.0)]).coalesce(1))
 
-    files = pa.table(DeltaTable(local_table.uri).get_add_actions(flatten=True)).to_pylist()
+    files = pa.table(RsDeltaTable(local_table.uri).get_add_actions(flatten=True)).to_pylist()
 
     assert len(files) == 1
     stats = files[0]
     assert (stats["num_records"], stats["null_count.amount"]) == (3, 1)
     assert (stats["min.amount"], stats["max.amount"]) == (2.0, 4.0)
     assert (stats["min.user_id"], stats["max.user_id"]) == ("u1", "u3")
-    # Delta keeps milliseconds: the max is rounded up so that it still bounds the data.
+    # Delta keeps milliseconds; a reader widens the max by 1 ms before it skips a file.
     assert stats["min.event_ts"] == at(1, 8, 0)
-    assert stats["max.event_ts"] == at(1, 10, 0).replace(microsecond=2000)
+    assert stats["max.event_ts"] == at(1, 10, 0).replace(microsecond=1000)
 
 
-def test_a_failed_write_adds_no_version_and_leaves_no_files(spark, local_table):
-    local_table.write(events(spark, [("u1", at(1), 1.0)]))
-    files_before = data_files(local_table)
-    outside_range = events(spark, [("u1", at(2), 2.0), ("u1", at(5), 5.0)])
+def test_a_failed_write_adds_no_version_and_changes_no_row(spark, local_table):
+    local_table.write(events(spark, [("u1", at(1), 1.0), ("u1", at(2), 2.0)]))
+    outside_range = events(spark, [("u1", at(2), 20.0), ("u1", at(5), 5.0)])
 
-    with pytest.raises(Exception, match="outside replace_range"):
+    with pytest.raises(LakeError, match="outside replace_range"):
         local_table.write(outside_range, mode="replace_range",
                           replace_range=("2024-03-02", "2024-03-03"))
 
     assert local_table.version() == 0
-    assert data_files(local_table) == files_before
-
-
-def test_an_aborted_stage_leaves_no_files(spark, local_table):
-    local_table.write(events(spark, [("u1", at(1), 1.0)]))
-    files_before = data_files(local_table)
-
-    local_table.stage(events(spark, [("u2", at(2), 2.0)])).abort()
-
-    assert local_table.version() == 0 and data_files(local_table) == files_before
+    assert_df_equality(local_table.read(spark), expected(spark, [
+        ("u1", at(1), 1.0, "2024-03-01"), ("u1", at(2), 2.0, "2024-03-02")]),
+        ignore_row_order=True, ignore_nullable=True)
 
 
 def test_an_empty_first_write_creates_an_empty_table_with_the_schema(spark, local_table):
@@ -237,3 +294,53 @@ def test_changing_a_column_type_is_refused(spark, local_table):
     with pytest.raises(LakeSchemaError, match="amount"):
         local_table.write(events(spark, [("u1", at(2), "1.0")],
                                  "user_id string, event_ts timestamp, amount string"))
+    assert local_table.version() == 0
+
+
+def test_restore_makes_an_old_version_current_in_a_new_commit(spark, local_table):
+    local_table.write(events(spark, [("u1", at(1), 1.0)]))
+    local_table.write(events(spark, [("u2", at(2), 2.0, 5)], SCHEMA + ", n int"))
+
+    assert local_table.restore(spark, 0) == 2
+
+    assert local_table.schema() == StructType.fromDDL(WITH_DATE)
+    assert [row.user_id for row in local_table.read(spark).collect()] == ["u1"]
+    assert local_table.history(1)[0]["operation"] == "RESTORE"
+    assert local_table.history(1)[0][MODE_KEY] == "restore"
+    assert local_table.read(spark, version=1).count() == 2
+
+
+# ---------------------------------------------------------------------- what the project writes
+def test_every_table_the_batch_job_writes_opens_as_a_notebook_user_would_open_it(local_services, spark,
+                                                                                  tmp_path):
+    """The batch job on a small generated history (with malformed rows: dead letters), then
+    each table it wrote, opened with delta-spark's own two entry points and nothing of ours."""
+    from delta.tables import DeltaTable
+
+    from jobs import batch_features, generate_events
+    from plumbing.event_tables import bronze_table, dead_letter_table
+    from transformations.catalog import FEATURE_TABLES
+    from transformations.schemas import EVENT_TYPES
+
+    cfg = load_config("local", environ={**os.environ, "TESSERA__LAKE__ROOT": str(tmp_path / "lake"),
+                                        "TESSERA__EVENTS__HISTORY_URI": str(tmp_path / "history")})
+    start = date(2026, 1, 1)
+    assert generate_events.main(["history", "--out", cfg.events.history_uri, "--profile", "local",
+                                 "--events", "3000", "--days", "3", "--start-date", start.isoformat(),
+                                 "--partition-by-date", "--no-progress", "--seed", "7",
+                                 "--malformed-fraction", "0.01"]) == 0
+    results = batch_features.run(cfg, start, date(2026, 1, 4), now=datetime(2026, 1, 4, tzinfo=timezone.utc),
+                                 online=False, spark=spark)
+    assert all(result.published for result in results)
+
+    written = [*(table_uri(cfg, name) for name in FEATURE_TABLES),
+               *(bronze_table(cfg, event_type).uri for event_type in EVENT_TYPES),
+               *(dead_letter_table(cfg, event_type, "batch").uri for event_type in EVENT_TYPES)]
+    assert sorted(os.listdir(cfg.lake.root)) == sorted(os.path.basename(uri) for uri in written)
+    for uri in written:
+        rows = spark.read.format("delta").load(uri).count()
+        table = DeltaTable.forPath(spark, uri)
+        assert table.toDF().count() == rows, uri
+        assert rows > 0 or uri.endswith("dead_letter_chargebacks"), uri  # chargebacks are never malformed
+        assert table.history().first()["operation"] == "WRITE", uri
+        assert table.detail().first()["partitionColumns"] == ["event_date"], uri

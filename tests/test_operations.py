@@ -66,7 +66,7 @@ def test_rotation_old_and_new_key_work_together_then_only_the_new_one(local_serv
 
 # ---- tessera table -------------------------------------------------------------------------
 @pytest.fixture()
-def tracked_table(local_services, tmp_path):
+def tracked_table(local_services, spark, tmp_path):
     """A table of three versions (the third adds a column), each tracked like the batch
     job tracks them: version 0 and 2 with a validation report."""
     cfg = _cfg(LAKE__ROOT=str(tmp_path / "lake"))
@@ -81,7 +81,7 @@ def tracked_table(local_services, tmp_path):
     for step, extra in enumerate([None, None, "new_feature"]):
         batch = rows if extra is None else rows.append_column(extra, pa.array([5.0, 6.0]))
         with tracking.feature_table_run(cfg, name):
-            version = table.append_arrow(batch, from_arrow_schema(batch.schema))
+            version = table.append_arrow(spark, batch, from_arrow_schema(batch.schema))
             tracking.log_delta_version(version)
             if step != 1:
                 mlflow.log_text("", f"validation/{name}/failed.txt")
