@@ -352,9 +352,9 @@ def _stop(process: subprocess.Popen | None) -> None:
 def _run_operations_page(clone: Path, env: dict[str, str], cfg, processes: dict[str, subprocess.Popen],
                          logs: Path, api_port: int, lake_uri: str) -> None:
     """Every command of the page in order, as written (ports rewritten), on the state the
-    worked example left: versions 0 (before), 1 (schema) and 2 (backfill)."""
+    worked example left: versions 0 (before) and 1 (the backfill, which adds the column in its commit)."""
     env = dict(env)  # the page's exports stay on this page
-    runs = {version: tracking.find_runs(cfg, TABLE, delta_version=version)[0].info.run_id for version in (0, 2)}
+    runs = {version: tracking.find_runs(cfg, TABLE, delta_version=version)[0].info.run_id for version in (0, 1)}
     for command in bash_commands(OPERATIONS.read_text()):
         argv = words(command)
         if argv[0] == "export":
@@ -386,19 +386,19 @@ def _run_operations_page(clone: Path, env: dict[str, str], cfg, processes: dict[
         action = argv[2]
         if action == "history":
             versions = [int(line.split()[0]) for line in done.stdout.splitlines()[1:]]
-            assert versions == [2, 1, 0], done.stdout
+            assert versions == [1, 0], done.stdout
             lines = done.stdout.splitlines()[1:]
-            assert lines[0].split()[-1] == runs[2] and lines[2].split()[-1] == runs[0], done.stdout
+            assert lines[0].split()[-1] == runs[1] and lines[1].split()[-1] == runs[0], done.stdout
         elif action == "report":
             assert f"validation report of run {runs[0]}" in done.stdout, done.stdout
             docs = Path(re.search(r"data docs: (\S+)", done.stdout).group(1))
             assert docs.is_file() and docs.stat().st_size > 0
             assert "failed expectations: none" in done.stdout
         elif action == "rollback":
-            assert f"{TABLE}: version 3 restores version 0" in done.stdout, done.stdout
+            assert f"{TABLE}: version 2 restores version 0" in done.stdout, done.stdout
             table = DeltaTable(lake_uri)
-            assert table.version() == 3 and table.history(1)[0]["operation"] == "RESTORE"
+            assert table.version() == 2 and table.history(1)[0]["operation"] == "RESTORE"
             assert NEW_FEATURE not in table.schema().to_arrow().names
-            assert NEW_FEATURE in DeltaTable(lake_uri, version=2).schema().to_arrow().names  # still readable
+            assert NEW_FEATURE in DeltaTable(lake_uri, version=1).schema().to_arrow().names  # still readable
         else:
             pytest.fail(f"operations.md: a command this test does not check: {command}")
