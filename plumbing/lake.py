@@ -54,13 +54,16 @@ Commit metadata
 Empty writes
     ``append`` of no rows commits nothing and returns the current version, except when the
     table does not exist yet: then it is created empty, with the DataFrame's schema, so
-    readers can rely on it. ``replace_range`` always commits (it empties the range).
+    readers can rely on it. ``replace_range`` commits whenever it changes something (it
+    empties the range); replacing an empty range by no rows changes nothing, and delta-spark
+    commits nothing: the current version is returned.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -89,6 +92,9 @@ WRITE_ID_KEY = "tesseraWriteId"
 MODE_KEY = "tesseraMode"
 RANGE_KEY = "tesseraRange"
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+# A commit's timestamp is its writer's clock: the look-up of a write's own commit stops at
+# commits older than the write by more than this.
+COMMIT_CLOCK_SKEW_MS = 60_000
 
 # delta-spark's optimistic-concurrency conflicts, as its Python client raises them.
 _CONFLICTS = (delta_errors.ConcurrentAppendException, delta_errors.ConcurrentDeleteReadException,
@@ -192,12 +198,13 @@ class LakeTable:
         metadata = json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: "restore", RANGE_KEY: f"version {version}"})
         with _SESSION_METADATA_LOCK:
             spark.conf.set(USER_METADATA_CONF, metadata)
+            started_ms = int(time.time() * 1000)
             try:
                 with self._errors("restore"):
                     DeltaTable.forPath(spark, self.uri).restoreToVersion(version)
             finally:
                 spark.conf.unset(USER_METADATA_CONF)
-        return self._committed_version(write_id)
+        return self._committed_version(write_id, started_ms)
 
     def _with_partition_column(self, df: DataFrame) -> DataFrame:
         fields = {f.name: f.dataType for f in df.schema.fields}
@@ -211,6 +218,7 @@ class LakeTable:
 
     def _write(self, df: DataFrame, mode: WriteMode, date_range: tuple[str, str] | None) -> int:
         write_id = uuid.uuid4().hex
+        started_ms = int(time.time() * 1000)
         writer = (df.write.format("delta").partitionBy(self.partition_column)
                   .option("mergeSchema", "true")
                   .option("userMetadata", json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: mode,
@@ -222,22 +230,28 @@ class LakeTable:
                 start, end = date_range
                 in_range = f"{self.partition_column} >= '{start}' AND {self.partition_column} < '{end}'"
                 writer.mode("overwrite").option("replaceWhere", in_range).save(self.uri)
-        return self._committed_version(write_id)
+        return self._committed_version(write_id, started_ms)
 
     def _errors(self, mode: str, date_range: tuple[str, str] | None = None) -> _DeltaErrors:
         return _DeltaErrors(self, mode, date_range)
 
-    def _committed_version(self, write_id: str) -> int:
+    def _committed_version(self, write_id: str, started_ms: int) -> int:
         """The version of the commit carrying ``write_id``: usually the newest, unless other
-        writers committed since. Read from the log's newest commits (deltalake: no Spark job)."""
+        writers committed since. Read from the log's newest commits (deltalake: no Spark job).
+
+        A write that changed nothing (a replace of an empty range by no rows) has no commit:
+        delta-spark skips it. Then the search ends at the commits older than the write, and
+        the version is the one the table already had.
+        """
         limit = 1
         while True:
             commits = self._log().history(limit)
             for commit in commits:
                 if _parse_user_metadata(commit.get("userMetadata")).get(WRITE_ID_KEY) == write_id:
                     return commit["version"]
-            if len(commits) < limit:
-                raise LakeError(f"{self}: commit of write {write_id} not found in the log")
+            older = [c for c in commits if c.get("timestamp", 0) < started_ms - COMMIT_CLOCK_SKEW_MS]
+            if older or len(commits) < limit:
+                return commits[0]["version"]
             limit *= 8
 
     # ------------------------------------------------------------------ read (delta-spark)

@@ -13,7 +13,6 @@ from datetime import date, datetime, timezone
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable as RsDeltaTable
@@ -23,7 +22,7 @@ from pyspark.sql.types import StructType
 
 from plumbing.config import load_config
 from plumbing.lake import MODE_KEY, RANGE_KEY, LakeConflictError, LakeError, LakeSchemaError, LakeTable, table_uri
-from plumbing.storage import delete_tree, filesystem_and_root
+from plumbing.storage import delete_tree
 
 SCHEMA = "user_id string, event_ts timestamp, amount double"
 WITH_DATE = "user_id string, event_ts timestamp, amount double, event_date string"
@@ -40,14 +39,6 @@ def events(spark, rows, schema=SCHEMA):
 def expected(spark, rows, schema=WITH_DATE):
     """Rows as the table returns them: with event_date, the UTC date of event_ts."""
     return spark.createDataFrame(rows, schema)
-
-
-def data_files(table: LakeTable) -> list[str]:
-    """Every Parquet file under the table root, whether the log references it or not."""
-    filesystem, root = filesystem_and_root(table.uri, table.storage_options)
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    return sorted(info.path for info in filesystem.get_file_info(selector)
-                  if info.path.endswith(".parquet") and "_delta_log" not in info.path)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -286,6 +277,16 @@ def test_an_empty_append_to_an_existing_table_commits_nothing(spark, local_table
     local_table.write(events(spark, [("u1", at(1), 1.0)]))
 
     assert local_table.write(events(spark, [])) == 0 and local_table.version() == 0
+
+
+def test_replacing_an_empty_range_by_no_rows_returns_the_current_version(spark, local_table):
+    local_table.write(events(spark, [("u1", at(1), 1.0)]))
+    local_table.write(events(spark, []), mode="replace_range", replace_range=("2024-03-05", "2024-03-06"))
+    version = local_table.version()
+
+    assert local_table.write(events(spark, []), mode="replace_range",
+                             replace_range=("2024-03-05", "2024-03-06")) == version
+    assert local_table.read(spark).count() == 1
 
 
 def test_changing_a_column_type_is_refused(spark, local_table):
