@@ -16,6 +16,7 @@ from plumbing import tracking
 from plumbing.config import REPO_ROOT, load_config
 from plumbing.event_tables import bronze_table
 from plumbing.lake import LakeTable
+from plumbing.spark import jar_paths
 from transformations.catalog import FEATURE_TABLES
 
 START, END = date(2026, 1, 1), date(2026, 1, 4)
@@ -152,7 +153,8 @@ def test_job_runs_under_spark_submit_and_exits_1_on_failed_validation(local_run)
     env = {**os.environ, "TESSERA__LAKE__ROOT": cfg.lake.root,
            "TESSERA__EVENTS__HISTORY_URI": cfg.events.history_uri, "PYSPARK_PYTHON": sys.executable}
     spark_submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
-    done = subprocess.run([spark_submit, "--master", "local[1]", "jobs/batch_features.py", "--profile", "local",
+    jars = ",".join(jar_paths(cfg, "spark"))  # as the README's spark-submit examples hand them over
+    done = subprocess.run([spark_submit, "--master", "local[1]", "--jars", jars, "jobs/batch_features.py", "--profile", "local",
                            "--start", START.isoformat(), "--end", END.isoformat(), "--tables", "merchant_features",
                            "--now", NOW.isoformat(), "--no-online", "--freshness-tolerance-hours", "0"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
