@@ -67,7 +67,8 @@ def _git(*args: str, cwd: Path = REPO_ROOT, stdin: str | None = None) -> str:
 
 def scratch_clone(dest: Path) -> Path:
     """A clone of HEAD with this working tree's changes and new files on top: what the docs
-    describe is what is checked out now, committed or not. The venv is shared (symlink)."""
+    describe is what is checked out now, committed or not. The venv and the fetched jars are
+    shared (symlinks)."""
     _git("clone", "-q", str(REPO_ROOT), str(dest))
     changes = _git("diff", "HEAD", "--binary")
     if changes:
@@ -77,6 +78,7 @@ def scratch_clone(dest: Path) -> Path:
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / relative, dest / relative)
     (dest / ".venv").symlink_to(REPO_ROOT / ".venv")
+    (dest / ".jars").symlink_to(REPO_ROOT / ".jars")  # plumbing.spark finds them beside the code
     return dest
 
 
