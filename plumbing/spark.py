@@ -94,6 +94,10 @@ def get_spark(cfg: Config, app_name: str) -> SparkSession:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.driver.memory", cfg.spark.driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        # Delta rebuilds a table's file list in this many tasks after every new version
+        # (default 50). Measured on a 200k-row table of 96 files: a replace took 45 s at 50 and
+        # 14 s at 2, a full read 26 s and 5 s. Delta's own default stays the ceiling.
+        .config("spark.databricks.delta.snapshotPartitions", str(min(cfg.spark.shuffle_partitions, 50)))
         .config("spark.default.parallelism", str(cfg.spark.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
