@@ -3,7 +3,7 @@
 TESSERA := .venv/bin/tessera
 PROFILE ?= local
 
-.PHONY: setup demo test up down status serve bench clean
+.PHONY: setup demo test test-fast up down status serve bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ demo: setup
 test:
 	@bash scripts/setup.sh spark broker s3
 	$(TESSERA) test
+
+# The unit tier only: no service started, about a minute (tiers: docs/testing.md).
+test-fast: setup
+	$(TESSERA) test -m unit
 
 up: setup
 	$(TESSERA) --profile $(PROFILE) up

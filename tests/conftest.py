@@ -1,7 +1,15 @@
-"""Shared fixtures: one SparkSession per test run, the profiles' real services.
+"""Shared fixtures: one SparkSession per test run, the profiles' real services; the tiers.
 
 Services are started by the project's own code (plumbing.services.up), exactly as
 `tessera up` does; a developer's already running services are reused.
+
+Tiers (markers registered in pytest.ini, docs/testing.md):
+- ``e2e``: a module that declares ``pytestmark = pytest.mark.e2e`` (jobs in processes of
+  their own, a cluster, notebooks, a scratch clone);
+- ``integration``: any other test that needs a service fixture (Redis, S3, MLflow, Kafka);
+- ``unit``: the rest, which start no service (a local Spark session at most).
+The tier follows from the fixtures, so a unit test cannot reach a service by accident.
+Tests run in tier order, unit first: a broken transformation fails in the first minute.
 """
 from __future__ import annotations
 
@@ -13,6 +21,18 @@ import pytest
 from plumbing import services
 from plumbing.config import Config, load_config
 from plumbing.spark import get_spark, jar_paths, s3a_conf
+
+
+SERVICE_FIXTURES = frozenset({"local_services", "s3_services"})
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") is None:
+            needs_services = SERVICE_FIXTURES & set(item.fixturenames)
+            item.add_marker("integration" if needs_services else "unit")
+    items.sort(key=lambda item: next(index for index, tier in enumerate(TIERS) if item.get_closest_marker(tier)))
 
 
 @pytest.fixture(scope="session")
