@@ -295,64 +295,68 @@ def accepted_in(log_text: str) -> int:
                                                   log_text, flags=re.MULTILINE))
 
 
+class StreamInThread:
+    """The streaming job in a thread of the test's process, in the warm Spark session, with
+    its printed output collected; leaving the block stops it and checks it exited 0."""
+
+    def __init__(self, cfg: Config, checkpoint_location: Path, spark, capsys):
+        settings = StreamSettings(checkpoint_location, trigger_interval=timedelta(seconds=0.5))
+        self._stop, self._exit_codes, self._printed, self._capsys = threading.Event(), [], [], capsys
+        self._thread = threading.Thread(target=lambda: self._exit_codes.append(
+            stream_features.run(cfg, settings, spark=spark, stop=self._stop)))
+
+    def output(self) -> str:
+        self._printed.append("".join(self._capsys.readouterr()))
+        return "".join(self._printed)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_for_accepted(self, events: int, what: str) -> None:
+        wait_until(lambda: accepted_in(self.output()) == events, what, self.is_alive, self.output)
+
+    def __enter__(self) -> StreamInThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        if exc_info[0] is None:
+            assert self._exit_codes == [0], self.output()[-4000:]
+
+
 def test_redis_outage_the_job_retries_and_catches_up(spark, env, capsys):
     cfg = config(env)
-    settings = StreamSettings(checkpoint(env), trigger_interval=timedelta(seconds=0.5))
-    stop, exit_codes, printed = threading.Event(), [], []
-    job = threading.Thread(target=lambda: exit_codes.append(stream_features.run(cfg, settings, spark=spark, stop=stop)))
-
-    def output() -> str:
-        printed.append("".join(capsys.readouterr()))
-        return "".join(printed)
-
-    job.start()
-    try:
+    with StreamInThread(cfg, checkpoint(env), spark, capsys) as job:
         before = generate(cfg, events=400, seed=7, minutes_ago=10)
-        wait_until(lambda: accepted_in(output()) == before.events, "the first events", job.is_alive, output)
+        job.wait_for_accepted(before.events, "the first events")
 
         services.down(cfg, only=["redis"])
         during = generate(cfg, events=400, seed=8, minutes_ago=9)
-        wait_until(lambda: "restarting from the checkpoint" in output(), "a failed micro-batch", job.is_alive, output)
+        wait_until(lambda: "restarting from the checkpoint" in job.output(), "a failed micro-batch", job.is_alive,
+                   job.output)
         services.up(cfg, only=["redis"])
 
-        wait_until(lambda: accepted_in(output()) == before.events + during.events, "catching up", job.is_alive,
-                   output)
-    finally:
-        stop.set()
-        job.join(timeout=120)
-    assert exit_codes == [0], output()[-4000:]
+        job.wait_for_accepted(before.events + during.events, "catching up")
     assert count_rows(spark, cfg) == (800, 800)
     assert_online_equals_batch(spark, cfg)
 
 
 def test_broker_outage_the_job_waits_and_catches_up(spark, env, capsys):
     cfg = config(env)
-    settings = StreamSettings(checkpoint(env), trigger_interval=timedelta(seconds=0.5))
-    stop, exit_codes, printed = threading.Event(), [], []
-    job = threading.Thread(target=lambda: exit_codes.append(stream_features.run(cfg, settings, spark=spark, stop=stop)))
-
-    def output() -> str:
-        printed.append("".join(capsys.readouterr()))
-        return "".join(printed)
-
-    job.start()
-    try:
+    with StreamInThread(cfg, checkpoint(env), spark, capsys) as job:
         before = generate(cfg, events=400, seed=9, minutes_ago=10)
-        wait_until(lambda: accepted_in(output()) == before.events, "the first events", job.is_alive, output)
+        job.wait_for_accepted(before.events, "the first events")
 
         services.down(cfg, only=["kafka"])  # the whole broker: SIGTERM, then it is gone
         time.sleep(15)  # the job polls a broker that is not there
-        assert job.is_alive(), output()[-4000:]
+        assert job.is_alive(), job.output()[-4000:]
         services.up(cfg, only=["kafka"])  # the same data folder: topics and records kept
 
         after = generate(cfg, events=400, seed=10, minutes_ago=9)
-        wait_until(lambda: accepted_in(output()) == before.events + after.events, "catching up", job.is_alive,
-                   output)
-    finally:
-        stop.set()
-        job.join(timeout=120)
-    assert exit_codes == [0], output()[-4000:]
-    assert "giving up" not in output()
+        job.wait_for_accepted(before.events + after.events, "catching up")
+    assert "giving up" not in job.output()
     assert count_rows(spark, cfg) == (800, 800)
     assert_online_equals_batch(spark, cfg)
 
