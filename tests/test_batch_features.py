@@ -148,6 +148,7 @@ def test_s3_profile_reads_history_and_writes_the_lake_on_the_endpoint(s3_service
     assert table.read(spark).count() == results[0].row_count > 0
 
 
+@pytest.mark.e2e
 def test_job_runs_under_spark_submit_and_exits_1_on_failed_validation(local_run):
     cfg, _ = local_run
     env = {**os.environ, "TESSERA__LAKE__ROOT": cfg.lake.root,

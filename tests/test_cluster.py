@@ -96,7 +96,7 @@ def runs(s3_services, spark, cluster, run_id, tmp_path_factory):
 
 
 # The first test pays for the fixture: two runs of each job on a loaded 2-core machine.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 @pytest.mark.parametrize("table", list(FEATURE_TABLES))

@@ -201,6 +201,7 @@ def example_env(local_services, tmp_path):
         services.down(cfg, only=["redis"])
 
 
+@pytest.mark.e2e
 def test_adding_a_feature_then_operations_run_as_written(example_env, spark, tmp_path):
     clone, cfg, env, api_port = example_env
     began = time.monotonic()

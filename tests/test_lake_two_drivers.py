@@ -10,6 +10,7 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
+import pytest
 from deltalake import DeltaTable
 
 from plumbing.config import REPO_ROOT
@@ -46,6 +47,7 @@ def _moto_rejections(cfg) -> int:
     return sum(1 for line in log.read_text(errors="replace").splitlines() if '" 412 ' in line)
 
 
+@pytest.mark.e2e
 def test_two_drivers_appending_to_one_s3_table_lose_no_commit(spark, s3_services, tmp_path):
     cfg = s3_services
     table = LakeTable(f"s3a://tessera-lake/test_two_drivers/{uuid.uuid4().hex[:12]}", cfg.storage_options())

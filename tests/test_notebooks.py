@@ -89,6 +89,7 @@ def test_notebook_is_stored_without_outputs(path):
         f"{path.name} has outputs: clear them before committing"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_and_draws_its_plots(demo_like_data, request, path):
     if path.stem in NEEDS_STREAM:

@@ -56,6 +56,7 @@ def test_api_examples_are_valid_requests():
         REQUEST_MODELS[path].model_validate(body)  # a 422 would be a ValidationError here
 
 
+@pytest.mark.e2e
 def test_spark_submit_examples_run_as_written(local_services, tmp_path):
     lines = [command for command in COMMANDS if _program(command) in {"export", "spark-submit"}]
     assert any(_program(line) == "spark-submit" for line in lines)

@@ -253,6 +253,7 @@ def wait_until(condition, what: str, running, output) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("source", ["kafka", "files"])
 def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(spark, env, tmp_path, source):
     cfg = config(env)
