@@ -1,10 +1,8 @@
 """The batch feature job end to end, on real files, real Delta tables, real MLflow:
-both profiles, the validation gate, re-runs, dead letters, spark-submit."""
+both profiles, the validation gate, re-runs, dead letters, the command line."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import date, datetime, timedelta, timezone
 
 import mlflow
@@ -13,10 +11,9 @@ from pyspark.sql import functions as F
 
 from jobs import batch_features, generate_events
 from plumbing import tracking
-from plumbing.config import REPO_ROOT, load_config
+from plumbing.config import load_config
 from plumbing.event_tables import bronze_table
 from plumbing.lake import LakeTable
-from plumbing.spark import jar_paths
 from transformations.catalog import FEATURE_TABLES
 
 START, END = date(2026, 1, 1), date(2026, 1, 4)
@@ -148,19 +145,16 @@ def test_s3_profile_reads_history_and_writes_the_lake_on_the_endpoint(s3_service
     assert table.read(spark).count() == results[0].row_count > 0
 
 
-@pytest.mark.e2e
-def test_job_runs_under_spark_submit_and_exits_1_on_failed_validation(local_run):
+def test_the_command_exits_1_and_names_the_failed_expectation(local_run, monkeypatch, capsys):
+    # The command line in-process (the warm session); spark-submit runs the same main() and
+    # passes its exit code on: tests/test_readme.py runs the README's spark-submit examples.
     cfg, _ = local_run
-    env = {**os.environ, "TESSERA__LAKE__ROOT": cfg.lake.root,
-           "TESSERA__EVENTS__HISTORY_URI": cfg.events.history_uri, "PYSPARK_PYTHON": sys.executable}
-    spark_submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
-    jars = ",".join(jar_paths(cfg, "spark"))  # as the README's spark-submit examples hand them over
-    done = subprocess.run([spark_submit, "--master", "local[1]", "--jars", jars, "jobs/batch_features.py", "--profile", "local",
-                           "--start", START.isoformat(), "--end", END.isoformat(), "--tables", "merchant_features",
-                           "--now", NOW.isoformat(), "--no-online", "--freshness-tolerance-hours", "0"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    # spark-submit merges the Python driver's stderr into its own stdout.
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output[-3000:]
-    assert "merchant_features failed validation" in output
-    assert "expect_column_max_to_be_between" in output
+    monkeypatch.setenv("TESSERA__LAKE__ROOT", cfg.lake.root)
+    monkeypatch.setenv("TESSERA__EVENTS__HISTORY_URI", cfg.events.history_uri)
+    code = batch_features.main(["--profile", "local", "--start", START.isoformat(), "--end", END.isoformat(),
+                                "--tables", "merchant_features", "--now", NOW.isoformat(), "--no-online",
+                                "--freshness-tolerance-hours", "0"])
+    errors = capsys.readouterr().err
+    assert code == 1, errors[-3000:]
+    assert "merchant_features failed validation" in errors
+    assert "expect_column_max_to_be_between" in errors
