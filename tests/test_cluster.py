@@ -58,16 +58,29 @@ def _environ(run_id: str, engine: str, master: str | None) -> dict[str, str]:
     return environ
 
 
-def _job(module: str, environ: dict[str, str], *args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", module, "--profile", "s3", *args], env=environ,
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+# The batch job, then a short stream, in one driver application: a second application
+# would start its own driver and executors again (about a minute on 2 cores) and prove
+# nothing more about the cluster.
+ONE_DRIVER = """
+import sys
+from jobs import batch_features, stream_features
+batch_args, stream_args = sys.argv[1].split(), sys.argv[2].split()
+sys.exit(batch_features.main(batch_args) or stream_features.main(stream_args))
+"""
+
+
+def _jobs_on_the_cluster(environ: dict[str, str], batch_args: list[str], stream_args: list[str]) -> None:
+    profile = ["--profile", "s3"]
+    result = subprocess.run([sys.executable, "-c", ONE_DRIVER, " ".join(profile + batch_args),
+                             " ".join(profile + stream_args)], env=environ, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, f"the jobs failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
 @pytest.fixture(scope="module")
 def runs(s3_services, spark, cluster, run_id, tmp_path_factory):
-    """The batch job and a short stream, once on the cluster (jobs in processes of their own,
-    as spark-submit runs them) and once on local[*] (in the tests' own session)."""
+    """The batch job and a short stream, once on the cluster (a driver process of their own,
+    as spark-submit runs one) and once on local[*] (in the tests' own session)."""
     environ = {"cluster": _environ(run_id, "cluster", cluster), "local": _environ(run_id, "local", None)}
     cfg = load_config("s3", environ=environ["local"])
     # Kafka and the redis databases of this run: the shared s3 services.
@@ -84,9 +97,9 @@ def runs(s3_services, spark, cluster, run_id, tmp_path_factory):
     for engine, engine_cfg in configs.items():
         redis.Redis(host=cfg.redis.host, port=cfg.redis.port, password=cfg.redis_password(),
                     db=engine_cfg.redis.db).flushdb()
-    _job("jobs.batch_features", environ["cluster"], "--start", START.isoformat(), "--end", END.isoformat(),
-         "--now", NOW.isoformat(), "--no-online")
-    _job("jobs.stream_features", environ["cluster"], "--available-now", "--checkpoint", str(checkpoints["cluster"]))
+    batch_args = ["--start", START.isoformat(), "--end", END.isoformat(), "--now", NOW.isoformat(), "--no-online"]
+    _jobs_on_the_cluster(environ["cluster"], batch_args,
+                         ["--available-now", "--checkpoint", str(checkpoints["cluster"])])
     local = configs["local"]
     assert all(result.published for result in
                batch_features.run(local, START, END, now=NOW, online=False, spark=spark))
