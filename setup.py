@@ -16,10 +16,12 @@ setup(
         "pyarrow>=25,<26",
         "pandas==2.3.3",
         "numpy>=2.4,<2.5",
-        "feast[redis,duckdb]==0.67.0",
+        # grpcio: `feast ui` imports Feast's registry server (feast 0.67 declares it in this extra).
+        "feast[redis,duckdb,grpcio]==0.67.0",
         "great-expectations==1.24.1",
         "mlflow==3.17.2",
         "fastapi>=0.165,<0.166",
+        "fastapi-offline==1.7.7",  # Swagger UI and ReDoc files for /docs and /redoc without a CDN (serving.docs_pages)
         "uvicorn[standard]>=0.54,<0.55",
         "redis>=7,<8",  # feast 0.67 requires redis-py < 8
         "boto3>=1.44,<1.45",
@@ -36,7 +38,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7",
-                "schemathesis==4.32.5", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4"],
+                "schemathesis==4.32.5", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
+                # Drives the OS's Chromium (jobs/screenshots.py, tests/test_pages.py); no browser download.
+                "playwright==1.65.2"],
     },
     entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
 )

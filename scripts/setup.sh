@@ -30,6 +30,19 @@ if ((${#need_os_packages[@]})); then
   fi
 fi
 
+# Chromium (Debian's package) for the page checks: tests/test_pages.py and `tessera screenshots`.
+# Optional for the demo, so a machine without root only gets a note.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing OS packages: chromium fonts-liberation"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium fonts-liberation >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-liberation >/dev/null; }
+  else
+    echo "setup: chromium is missing and not root: the page tests need it (Debian/Ubuntu: sudo apt-get install chromium)" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV with $("$PYTHON" --version)"
   "$PYTHON" -m venv "$VENV"
