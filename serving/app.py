@@ -4,7 +4,8 @@
     python -m serving --profile s3 --port 8020   # TESSERA_API_KEY must be set: s3 requires a key
 
 Endpoints: POST /v1/features, POST /v1/predict, GET /healthz, /readyz, /metrics; the
-OpenAPI document at /openapi.json, interactive docs at /docs.
+OpenAPI document at /openapi.json, interactive docs at /docs and /redoc (served from the
+app itself, so they work offline: serving.docs_pages).
 
 Safety rules, all here or in the dependencies:
   * an X-API-Key header when ``serving.require_api_key`` (the keys come from the environment
@@ -39,6 +40,7 @@ from plumbing.config import PROFILE_ENV, Config, ConfigError, load_config
 from plumbing.online_store import FEAST_PROJECT, OnlineStoreReader, RedisSettings
 from serving import metrics
 from serving.dependencies import ModelNotLoaded, RequestTimeout
+from serving.docs_pages import add_docs_pages
 from serving.fast_path import FastPath
 from serving.model_registry import (
     CHAMPION_ALIAS,
@@ -74,7 +76,9 @@ def create_app(cfg: Config, *, project: str = FEAST_PROJECT, model_name: str = M
         await app.state.redis.aclose()
 
     app = FastAPI(title="Tessera feature API", version="1",
-                  summary="Online features and fraud scores at Redis speed.", lifespan=lifespan)
+                  summary="Online features and fraud scores at Redis speed.", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # FastAPI's own load their scripts from a CDN
+    add_docs_pages(app)
     app.state.settings = cfg.serving
     app.state.api_key = _api_key(cfg)
     routers = (features.router, predict.router, health.router)

@@ -135,6 +135,31 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="One per transaction, in request order.")
 
 
+# ---- request examples: what "Try it out" in /docs sends -----------------------------------
+# Ids in the generator's format ("u000001", "m00001"), so after `make demo` they return values;
+# an unknown id still answers 200 (its features "missing"). tests/test_pages.py posts each.
+EXAMPLE_ENTITY = {"user_id": "u000001", "merchant_id": "m00001"}
+FEATURES_EXAMPLES = {
+    "feature_service": {
+        "summary": "Every feature of a feature service",
+        "value": {"feature_service": "fraud_model_v1", "entities": [EXAMPLE_ENTITY]},
+    },
+    "features": {
+        "summary": "Chosen features of two users",
+        "value": {"features": ["user_transaction_features:txn_count_1h",
+                               "user_transaction_features:txn_amount_sum_24h", "user_activity_features:logins_1h"],
+                  "entities": [{"user_id": "u000001"}, {"user_id": "u000002"}]},
+    },
+}
+PREDICT_EXAMPLES = {
+    "one_transaction": {
+        "summary": "Score one transaction",
+        "value": {"transactions": [{"transaction_id": "t-example-1", **EXAMPLE_ENTITY, "amount": 250.0,
+                                    "currency": "EUR", "country": "DE", "channel": "web"}]},
+    },
+}
+
+
 # ---- health -------------------------------------------------------------------------------
 class HealthResponse(BaseModel):
     status: Literal["ok"]

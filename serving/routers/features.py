@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
@@ -11,7 +12,7 @@ from plumbing.config import ServingConfig
 from plumbing.online_store import MISSING, OnlineStoreReader
 from serving import metrics
 from serving.dependencies import check_entity_count, json_response, require_api_key
-from serving.models import ERROR_RESPONSES, FeaturesRequest, FeaturesResponse
+from serving.models import ERROR_RESPONSES, FEATURES_EXAMPLES, FeaturesRequest, FeaturesResponse
 from serving.online import Rows, read_rows
 
 router = APIRouter(prefix="/v1", tags=["features"], dependencies=[Depends(require_api_key)])
@@ -19,7 +20,8 @@ router = APIRouter(prefix="/v1", tags=["features"], dependencies=[Depends(requir
 
 @router.post("/features", response_model=FeaturesResponse, responses=ERROR_RESPONSES,
              summary="Feature values of entities, with their status and age")
-async def get_features(body: FeaturesRequest, request: Request) -> Response:
+async def get_features(body: Annotated[FeaturesRequest, Body(openapi_examples=FEATURES_EXAMPLES)],
+                       request: Request) -> Response:
     """Reads every requested feature of every entity in one pipelined Redis round trip.
 
     Each value comes with its status: `present`, `missing` (nothing stored for this

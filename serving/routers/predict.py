@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import Response
 from starlette.datastructures import State
 
@@ -19,7 +20,7 @@ from serving.dependencies import (
     run_blocking,
 )
 from serving.model_registry import HOUR_OF_DAY, RATIO_MEAN_REF, LoadedModel
-from serving.models import ERROR_RESPONSES, PredictRequest, PredictResponse, Transaction
+from serving.models import ERROR_RESPONSES, PREDICT_EXAMPLES, PredictRequest, PredictResponse, Transaction
 from serving.online import Rows, read_rows
 from transformations.on_demand import amount_to_mean_ratio_value
 
@@ -28,7 +29,8 @@ router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require
 
 @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
              summary="Fraud scores of transactions")
-async def predict(body: PredictRequest, request: Request) -> Response:
+async def predict(body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
+                  request: Request) -> Response:
     """Scores each transaction with the model the `champion` alias points at.
 
     The model's online features are read for all transactions in one Redis round trip;
