@@ -12,15 +12,21 @@ Metrics: row_count, plus the validation metrics of ``expectations.runner.record_
 
 The log helpers write to the active run and refuse when there is none: MLflow would
 otherwise start a fresh, untagged run silently.
+
+The project's experiments carry tags for MLflow 3's UI (:func:`use_experiment`): the kind
+of experiment (classic model development, not GenAI's traces), a description, and a saved
+view of the runs table with the tags above as columns; :func:`runs_url` opens it.
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.tracking.fluent import ActiveRun
 from pyspark.sql.types import StructType
@@ -32,6 +38,23 @@ TABLE_TAG = "table"
 DELTA_VERSION_TAG = "delta_version"
 FAILURE_REASON_TAG = "failure_reason"
 MAX_TAG_LENGTH = 8000  # MLflow rejects longer tag values
+
+# Experiment tags read by MLflow 3's UI (mlflow 3.17's server/js; see use_experiment).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML_KIND = "custom_model_development"  # the runs page; "genai_development" is the traces one
+DESCRIPTION_TAG = "mlflow.note.content"        # markdown shown above the runs
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + key: a runs-table view, opened by ?viewStateShareKey=key
+RUNS_VIEW_KEY = "tessera"
+FEATURE_TABLES_DESCRIPTION = (
+    "One run per feature table, and per raw event type (`raw_events.<type>`), each time the batch job "
+    "computes a range: tag `delta_version` is the Delta version it committed, `range_start`/`range_end` the "
+    "range; metric `row_count`; the Great Expectations result as `validation_*` metrics and under the "
+    "artifacts `validation/<table>/` (result.json, failed.txt, data docs). A FAILED run did not pass "
+    "validation and committed nothing (tag `failure_reason`). `tessera table history <table>` lists a "
+    "table's versions with their runs.")
+FEATURE_TABLES_COLUMNS = ("tags.table", "tags.delta_version", "tags.validation_success", "tags.range_start",
+                          "tags.range_end", "metrics.row_count", "metrics.validation_success_percent",
+                          "attributes.Duration")
 
 
 def configure_tracking(cfg: Config) -> None:
@@ -51,7 +74,7 @@ def feature_table_run(cfg: Config, table_name: str, *, run_name: str | None = No
     :func:`fail_run` (e.g. after a failed validation).
     """
     configure_tracking(cfg)
-    mlflow.set_experiment(FEATURE_TABLES_EXPERIMENT)
+    use_experiment(FEATURE_TABLES_EXPERIMENT, FEATURE_TABLES_DESCRIPTION, FEATURE_TABLES_COLUMNS, "Feature tables")
     # mlflow's ActiveRun ends the run on exit, FAILED on an exception, unless already ended.
     with mlflow.start_run(run_name=run_name or table_name,
                           tags={**(tags or {}), TABLE_TAG: table_name}) as run:
@@ -61,6 +84,60 @@ def feature_table_run(cfg: Config, table_name: str, *, run_name: str | None = No
             if _is_active(run):
                 fail_run([f"{type(exc).__name__}: {exc}"])
             raise
+
+
+def use_experiment(name: str, description: str, columns: Sequence[str] = (), view_name: str = "") -> str:
+    """Make ``name`` the active experiment (created if missing), tagged for MLflow 3's UI;
+    return its id.
+
+    Its kind is classic model development; ``description`` is set when it has none (a note
+    edited in the UI stays); ``columns`` ("tags.<key>", "metrics.<key>", "params.<key>" or
+    "attributes.<column>") make a saved view of the runs table, named ``view_name`` in the
+    page's "Views" menu. Two choices stay with the browser: the default columns, and (in
+    MLflow 3.17's UI) the page itself, which follows the UI-wide "GenAI | Model training"
+    switch (GenAI until toggled) rather than the kind. The links of :func:`runs_url` and
+    :func:`run_url` set both.
+    """
+    experiment = mlflow.set_experiment(name)
+    wanted = {EXPERIMENT_KIND_TAG: CLASSIC_ML_KIND}
+    if not experiment.tags.get(DESCRIPTION_TAG):
+        wanted[DESCRIPTION_TAG] = description
+    if columns:
+        # Dated by the experiment, so the same view is the same tag value and is not rewritten.
+        wanted[SHARED_VIEW_TAG_PREFIX + RUNS_VIEW_KEY] = _runs_view(view_name or name, columns,
+                                                                   experiment.creation_time or 0)
+    client = MlflowClient()
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def runs_url(cfg: Config, experiment_id: str) -> str:
+    """The UI's page of an experiment's runs (the "Model training" side), in the view
+    :func:`use_experiment` saved."""
+    return (f"{cfg.mlflow.tracking_uri}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}")
+
+
+def run_url(cfg: Config, experiment_id: str, run_id: str) -> str:
+    """The UI's page of one run (its metrics, tags, artifacts)."""
+    return f"{cfg.mlflow.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def _runs_view(name: str, columns: Sequence[str], created_ms: int) -> str:
+    """A saved view as the UI stores one: a named envelope around its state (search facets
+    and table state, as JSON text). The UI writes columns as "<kind>.`<key>`"; the run name
+    and start time are always shown."""
+    selected = []
+    for column in columns:
+        kind, _, key = column.partition(".")
+        if kind not in ("tags", "metrics", "params", "attributes") or not key:
+            raise ValueError(f"not a runs-table column: {column!r}")
+        selected.append(f"{kind}.`{key}`")
+    state = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": selected,
+             "columnOrder": selected}
+    return json.dumps({"name": name, "createdAt": created_ms, "updatedAt": created_ms, "state": json.dumps(state)})
 
 
 def fail_run(reasons: Sequence[str]) -> None:
