@@ -21,7 +21,8 @@ from plumbing.services import SERVICE_NAMES, ServiceError
 JOBS = {
     "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines to Kafka or the landing folder)"),
     "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
-    "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve"),
+    "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve; "
+                                     "ui: the feature catalog in Feast's web UI"),
     "stream-features": ("jobs.stream_features", "Structured Streaming from Kafka (or the landing folder) to Redis (and dead letters)"),
     "consistency-check": ("jobs.consistency_check", "compare Redis with the batch values as of the same cut-off"),
     "table": ("jobs.lake_tables", "a Delta table's versions and MLflow runs, rollback, validation report"),
@@ -52,6 +53,29 @@ def _service_command(action: str, argv: list[str]) -> int:
     if action == "up":
         print(f"profile {cfg.profile}: MLflow UI at {cfg.mlflow.tracking_uri}, "
               f"Redis at {cfg.redis.host}:{cfg.redis.port}")
+    return 0
+
+
+def _feast_ui_command(argv: list[str]) -> int:
+    """`tessera feast ui`: Feast's web UI in the background, a service of the profile."""
+    from plumbing import feast_repo, services
+
+    parser = argparse.ArgumentParser(
+        prog="tessera feast ui",
+        description="Start Feast's web UI (feature views, features, services, their sources) on the profile's "
+                    "registry, on 127.0.0.1, in the background: `tessera status` lists it, "
+                    "`tessera down` (or `down --only feast-ui`) stops it. Applies feature_repo/ first when "
+                    "the profile has no registry yet.")
+    parser.add_argument("--profile", help="config profile name in conf/ or a YAML path")
+    parser.add_argument("--port", type=int, default=services.FeastUiService.DEFAULT_PORT,
+                        help=f"port to listen on (default {services.FeastUiService.DEFAULT_PORT})")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.profile)
+    if not (feast_repo.feast_dir(cfg) / "registry.db").exists():
+        print(f"feast-ui: no registry in {feast_repo.feast_dir(cfg)} yet: applying feature_repo/", flush=True)
+        feast_repo.apply(cfg)
+    print(services.feast_ui_up(cfg, args.port))
+    print(f"feature catalog (Feast UI) at http://{services.FeastUiService.host}:{args.port}")
     return 0
 
 
@@ -107,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return _service_command(args.command, rest)
         if args.command in ("test", "bench"):
             return _script_command(args.command, rest)
+        if args.command == "feast" and rest[:1] == ["ui"]:
+            return _feast_ui_command(rest[1:])
         module = importlib.import_module(JOBS[args.command][0])
         return int(module.main(rest) or 0)
     except (ConfigError, ServiceError) as exc:

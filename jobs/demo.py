@@ -40,7 +40,9 @@ import pyarrow.fs as pafs
 from plumbing import services
 from plumbing.config import Config, load_config
 from plumbing.lake import LakeTable, table_uri
+from plumbing.services import FeastUiService
 from plumbing.storage import filesystem_and_root
+from plumbing.tracking import FEATURE_TABLES_EXPERIMENT, configure_tracking, run_url, runs_url
 from transformations.catalog import FEATURE_TABLES
 
 MODEL_NAME = "tessera-fraud"
@@ -198,6 +200,7 @@ class Summary:
     stream: tuple[int, list[float], list[float]] = (0, [], [])
     latencies_ms: list[float] = field(default_factory=list)
     api_docs: str = ""
+    feature_runs: str = ""
 
     def print(self, cfg: Config, seconds: float) -> None:
         print("\n== summary")
@@ -205,12 +208,13 @@ class Summary:
             print(f"  offline  {name:28s} Delta version {version:<4d} {table_uri(cfg, name)}")
         print(f"  online   Redis {cfg.redis.host}:{cfg.redis.port} (Feast layout, project tessera)")
         print(f"  tracking MLflow {cfg.mlflow.tracking_uri} (experiments tessera/feature-tables, "
-              f"tessera/fraud-model, tessera/stream-features)")
+              f"tessera/fraud-model, tessera/stream-features); the feature-table runs: {self.feature_runs}")
+        print(f"  catalog  Feast UI: `tessera feast ui` serves the feature views, features and services at "
+              f"http://{FeastUiService.host}:{FeastUiService.DEFAULT_PORT}")
         if self.model:
             print(f"  model    {MODEL_NAME} version {self.model['version']} (champion): ROC AUC "
                   f"{self.model['roc_auc']} with features vs {self.model['baseline_roc_auc']} baseline; "
-                  f"run {cfg.mlflow.tracking_uri}/#/experiments/{self.model['experiment_id']}/runs/"
-                  f"{self.model['run_id']}")
+                  f"run {run_url(cfg, self.model['experiment_id'], self.model['run_id'])}")
         batches, p50s, p99s = self.stream
         if p50s:
             print(f"  stream   {batches} micro-batches; freshness (event time -> Redis) median p50 "
@@ -254,6 +258,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
                          "expectations are named above and in the table's FAILED MLflow run")
     summary.versions = {name: LakeTable.for_config(cfg, name, time_column=table.timestamp_column).version()
                         for name, table in FEATURE_TABLES.items()}
+    summary.feature_runs = runs_url(cfg, _experiment_id(cfg, FEATURE_TABLES_EXPERIMENT))
 
     _step(4, "Feast registry: apply the definitions of feature_repo/")
     from plumbing import feast_repo
@@ -308,10 +313,18 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
     return summary
 
 
-def _champion(cfg: Config) -> dict[str, str]:
+def _experiment_id(cfg: Config, name: str) -> str:
     import mlflow
 
-    from plumbing.tracking import configure_tracking
+    configure_tracking(cfg)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        raise StepFailed(f"no MLflow experiment {name}: the batch job records its runs there")
+    return experiment.experiment_id
+
+
+def _champion(cfg: Config) -> dict[str, str]:
+    import mlflow
 
     configure_tracking(cfg)
     client = mlflow.MlflowClient()

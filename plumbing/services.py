@@ -1,5 +1,6 @@
 """Local services the project starts itself: Redis, an S3-compatible endpoint (moto), an
-MLflow tracking server and a Kafka broker (KRaft, no ZooKeeper).
+MLflow tracking server and a Kafka broker (KRaft, no ZooKeeper); and, on demand, Feast's
+web UI (``tessera feast ui``).
 
 Each service runs as its own process group, bound to loopback, with a PID file and a
 log in ``<data_dir>/run``. ``up`` is idempotent (a healthy service is left alone),
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from plumbing.config import Config
+from plumbing.config import PROFILE_ENV, Config
 
-SERVICE_NAMES = ("redis", "s3", "mlflow", "kafka")
+SERVICE_NAMES = ("redis", "s3", "mlflow", "kafka", "feast-ui")
 
 
 class ServiceError(RuntimeError):
@@ -45,10 +46,10 @@ class ServiceStatus:
 
     def line(self) -> str:
         if not self.enabled:
-            return f"{self.name:7s} not used by this profile"
+            return f"{self.name:8s} not used by this profile"
         state = "healthy" if self.healthy else ("running, not answering" if self.pid else "stopped")
         pid = f"pid {self.pid}" if self.pid else "no pid"
-        return f"{self.name:7s} {state:24s} {self.host}:{self.port}  {pid}"
+        return f"{self.name:8s} {state:24s} {self.host}:{self.port}  {pid}"
 
 
 # ---------------------------------------------------------------- process helpers
@@ -453,9 +454,63 @@ class KafkaService(_Service):
                                   self.settings.partitions), timeout_s=self.cfg.services.start_timeout_s)
 
 
+class FeastUiService(_Service):
+    """Feast's web UI (the feature catalog) on the profile's registry, on loopback. Started
+    on demand, by ``tessera feast ui`` or ``up --only feast-ui``; a plain ``up`` leaves it
+    out, while ``status`` and ``down`` include it whenever it runs. The port it listens on
+    is kept beside its PID file, for ``status``."""
+
+    name = "feast-ui"
+    host = "127.0.0.1"
+    DEFAULT_PORT = 8888  # Feast's own default
+
+    def __init__(self, cfg: Config, port: int | None = None):
+        super().__init__(cfg)
+        self.enabled = True
+        self.port = port or self._recorded_port() or self.DEFAULT_PORT
+
+    @property
+    def _port_file(self) -> Path:
+        return self.cfg.run_dir / f"{self.name}.port"
+
+    def _recorded_port(self) -> int | None:
+        try:
+            return int(self._port_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return _read_pid(self.cfg, self.name) is not None
+
+    def up(self) -> str:
+        # The port is an option of `tessera feast ui`, not a config key: say so (the base names a key).
+        if not self.running() and _port_open(self.host, self.port):
+            raise ServiceError(f"{self.name}: port {self.port} on {self.host} is taken by another process. "
+                               f"Stop it, or choose another port: tessera feast ui --port <port>.")
+        return super().up()
+
+    def argv(self) -> list[str]:
+        from plumbing.feast_repo import feast_command
+
+        self._port_file.write_text(str(self.port))
+        command, _ = feast_command(self.cfg, ["ui", "--host", self.host, "--port", str(self.port)])
+        return command
+
+    def env(self) -> dict[str, str]:
+        # feature_repo/ builds the objects of this profile.
+        return {PROFILE_ENV: str(self.cfg.source_file or self.cfg.profile)}
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2) as resp:
+            return resp.status == 200
+
+
 def _services(cfg: Config, only: list[str] | None = None) -> list[_Service]:
     # Order matters: the MLflow server may keep its artifacts in the S3 endpoint.
     all_services = [RedisService(cfg), S3Service(cfg), MlflowService(cfg), KafkaService(cfg)]
+    feast_ui = FeastUiService(cfg)
+    if (only and feast_ui.name in only) or feast_ui.running():  # on demand only
+        all_services.append(feast_ui)
     unknown = set(only or []) - set(SERVICE_NAMES)
     if unknown:
         raise ServiceError(f"unknown service(s) {sorted(unknown)}; known: {', '.join(SERVICE_NAMES)}")
@@ -482,6 +537,12 @@ def up(cfg: Config, only: list[str] | None = None) -> list[str]:
 def down(cfg: Config, only: list[str] | None = None) -> list[str]:
     with _exclusive(cfg):
         return [service.down() for service in reversed(_services(cfg, only))]
+
+
+def feast_ui_up(cfg: Config, port: int | None = None) -> str:
+    """Start Feast's UI on ``port`` (a restart when it runs on another one)."""
+    with _exclusive(cfg):
+        return FeastUiService(cfg, port).up()
 
 
 def status(cfg: Config, only: list[str] | None = None) -> list[ServiceStatus]:
