@@ -29,6 +29,7 @@ JOBS = {
     "train": ("jobs.train_model", "build a point-in-time training set, train, evaluate, register the fraud model"),
     "serve": ("serving.app", "the HTTP API: online features and model scores (uvicorn)"),
     "demo": ("jobs.demo", "run the whole pipeline on the embedded default and print what it did"),
+    "screenshots": ("jobs.screenshots", "check the API docs, Feast UI and MLflow pages in Chromium; images to docs/images"),
 }
 
 
