@@ -384,8 +384,8 @@ def holds_batch(table: LakeTable, query_id: str, batch_id: int) -> bool:
                                        files.column(f"min.{BATCH_ID}").to_pylist()))
 
 
-def append_once(spark: SparkSession, table: LakeTable, rows: pa.Table, schema: T.StructType, query_id: str,
-                batch_id: int, may_hold_it: bool) -> float:
+def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id: str, batch_id: int,
+                may_hold_it: bool) -> float:
     """Append ``rows`` stamped with the micro-batch, unless the table already holds it (a
     re-run after a crash: only possible when ``may_hold_it``). Returns the seconds taken."""
     started = time.monotonic()
@@ -393,7 +393,7 @@ def append_once(spark: SparkSession, table: LakeTable, rows: pa.Table, schema: T
         return time.monotonic() - started
     stamped = (rows.append_column(BATCH_ID, pa.array(np.full(rows.num_rows, batch_id, dtype=np.int64)))
                .append_column(QUERY_ID, pa.array([query_id] * rows.num_rows, pa.string())))
-    table.append_arrow(spark, stamped, schema)
+    table.append_arrow(stamped, schema)
     return time.monotonic() - started
 
 
@@ -710,15 +710,15 @@ class MicroBatchProcessor:
         touched = [table for table in FEATURE_TABLES.values()
                    if any(event_type in accepted for event_type in table.sources)]
         may_hold_it = self.query_started
-        # The online rows first (freshness), the lake appends beside them: Spark jobs that
-        # mostly wait between small stages, on a 2-core machine. They are independent: the
-        # features take the new events from the micro-batch and the history from memory.
+        # The online rows first (freshness), the lake appends beside them (deltalake, from
+        # this process: no Spark job). They are independent: the features take the new
+        # events from the micro-batch and the history from memory.
         with ThreadPoolExecutor(max_workers=len(touched) + len(accepted) + len(rejected) or 1) as pool:
             online_writes = [pool.submit(self._write_online, spark, table, accepted) for table in touched]
-            lake_writes = [pool.submit(append_once, spark, bronze_table(self.cfg, event_type), events,
+            lake_writes = [pool.submit(append_once, bronze_table(self.cfg, event_type), events,
                                        BRONZE_SCHEMAS[event_type], query_id, batch_id, may_hold_it)
                            for event_type, events in accepted.items()]
-            lake_writes += [pool.submit(append_once, spark, dead_letter_table(self.cfg, event_type, "stream"), rows,
+            lake_writes += [pool.submit(append_once, dead_letter_table(self.cfg, event_type, "stream"), rows,
                                         DEAD_LETTER_SCHEMA, query_id, batch_id, may_hold_it)
                             for event_type, rows in rejected.items()]
             online, written_at = WriteResult(), time.time()

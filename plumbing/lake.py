@@ -1,19 +1,28 @@
 """Delta Lake tables for the offline store, on a local path or ``s3a://bucket/prefix``.
 
-Every write and every Spark read goes through delta-spark (``format("delta")``), so a table
-opens the same way in a notebook: ``spark.read.format("delta").load(uri)`` or
+DataFrames are written and read by delta-spark (``format("delta")``), so a table opens
+the same way in a notebook: ``spark.read.format("delta").load(uri)`` or
 ``delta.tables.DeltaTable.forPath(spark, uri)``. On S3, Spark reaches the table through S3A
 (``s3a://``; ``s3://`` is mapped to S3A too, see ``plumbing.spark.s3a_conf``).
 
 Which engine does what (one way per operation):
 
 =====================  ==========================================================================
-delta-spark            ``write`` (append, replace_range), ``append_arrow``, ``read`` (time
-                       travel: ``versionAsOf``), ``restore``
-``deltalake`` (no JVM)  ``exists``, ``version``, ``schema``, ``history``: metadata for the places
-                       where no JVM runs (serving, ``tessera table history``, Feast's offline
-                       store, notebooks' light reads); they read the log only, never data
+delta-spark            ``write`` of a DataFrame (append, replace_range), ``read`` (time travel:
+                       ``versionAsOf``), ``restore``
+``deltalake`` (no JVM)  ``append_arrow``: rows already on the driver (a streaming micro-batch's
+                       events and dead letters), appended from this process without a Spark
+                       job; ``exists``, ``version``, ``schema``, ``history``: metadata for the
+                       places where no JVM runs (serving, ``tessera table history``, Feast's
+                       offline store, notebooks' light reads); they read the log only
 =====================  ==========================================================================
+
+``append_arrow`` uses ``deltalake``'s writer because a delta-spark append of a few thousand
+driver-held rows cost 1-1.7 s (a Spark job, four files, the post-commit snapshot) and a
+checkpoint every tenth commit took 16 s on a cold JVM, against 10 ms for ``deltalake``
+(measured here, 2,000 rows, local disk). Both writers commit through the same protocol
+(an atomic create of ``_delta_log/<version>.json``: a rename on local disks, S3's
+conditional PUT on S3), so they may append to one table at once.
 
 ``history`` uses ``deltalake`` rather than ``DeltaTable.forPath(...).history()``: delta-spark's
 runs a Spark job per call (measured), and every write looks its own commit up in the history.
@@ -71,12 +80,14 @@ from typing import Any, Literal
 
 import delta.exceptions as delta_errors
 import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, write_deltalake
 from deltalake import DeltaTable as RsDeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, SchemaMismatchError, TableNotFoundError
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType, TimestampType
 
 from plumbing.config import Config
@@ -177,16 +188,29 @@ class LakeTable:
             return self.version()  # an empty append commits nothing
         return self._write(self._with_partition_column(df), mode, date_range)
 
-    def append_arrow(self, spark: SparkSession, rows: pa.Table, schema: StructType) -> int:
+    def append_arrow(self, rows: pa.Table, schema: StructType) -> int:
         """Append Arrow ``rows`` (the columns of ``schema``) in one commit; return its version.
 
-        For small appends whose rows are already on the driver (a streaming micro-batch): the
-        same delta-spark append as ``write``, and the write's job is its only Spark job.
+        For small appends whose rows are already on the driver (a streaming micro-batch):
+        ``deltalake`` writes them from this process, no Spark job. A column the table does
+        not have yet is added (as ``write``'s ``mergeSchema``).
         """
         if rows.num_rows == 0 and self.exists():
             return self.version()
-        df = spark.createDataFrame(rows.select(schema.fieldNames()), schema)
-        return self._write(self._with_partition_column(df), "append", None)
+        data = rows.select(schema.fieldNames()).cast(to_arrow_schema(schema, timezone="UTC"))
+        data = data.append_column(self.partition_column, _utc_dates(data.column(self.time_column)))
+        write_id, started_ms = uuid.uuid4().hex, int(time.time() * 1000)
+        metadata = json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: "append", RANGE_KEY: None})
+        try:
+            write_deltalake(self.uri, data, mode="append", partition_by=[self.partition_column],
+                            schema_mode="merge", storage_options=self.storage_options,
+                            commit_properties=CommitProperties(custom_metadata={"userMetadata": metadata}))
+        except CommitFailedError as error:
+            raise LakeConflictError(f"{self}: append conflicts with a concurrent commit; nothing of it "
+                                    f"was committed. {_first_line(error)}") from error
+        except SchemaMismatchError as error:
+            raise LakeSchemaError(f"{self}: the rows change a column's type: {_first_line(error)}") from error
+        return self._committed_version(write_id, started_ms)
 
     def restore(self, spark: SparkSession, version: int) -> int:
         """Make ``version``'s content (files and schema) current again in a NEW commit (Delta
@@ -372,6 +396,14 @@ def _check_mode(mode: str, replace_range: tuple[DateLike, DateLike] | None) -> t
         raise ValueError(f"replace_range must be two dates, start < end (end excluded): "
                          f"{replace_range}")
     return start.isoformat(), end.isoformat()
+
+
+def _utc_dates(times: pa.ChunkedArray) -> pa.ChunkedArray:
+    """'yyyy-MM-dd' of each instant's UTC date: whole days since the epoch, as the Spark
+    path derives it (``_with_partition_column``), independent of any time zone setting."""
+    micros = pc.cast(pc.cast(times, pa.timestamp("us", tz="UTC")), pa.int64())
+    days = pc.floor(pc.divide(pc.cast(micros, pa.float64()), 86_400_000_000.0))
+    return pc.cast(pc.cast(pc.cast(days, pa.int32()), pa.date32()), pa.string())
 
 
 def _as_utc_datetime(value: TimeLike) -> datetime:

@@ -218,20 +218,39 @@ def test_history_carries_each_commits_mode_and_range(spark, table):
     assert newest["operation"] == "WRITE"
 
 
-def test_append_arrow_runs_one_spark_job_the_write(spark, table):
+def test_append_arrow_runs_no_spark_job_and_spark_reads_its_rows_and_utc_dates(spark, table):
     schema = from_arrow_schema(pa.schema([("user_id", pa.string()), ("event_ts", pa.timestamp("us", tz="UTC")),
                                           ("amount", pa.float64())]))
-    rows = pa.table({"user_id": ["u1", "u2"], "event_ts": pa.array([at(1), at(2)], pa.timestamp("us", tz="UTC")),
-                     "amount": [1.0, None]})
-    assert table.append_arrow(spark, rows, schema) == 0  # creates the table
+    # Instants at the edges of UTC days, one before the epoch: the date is the UTC one.
+    times = [datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=timezone.utc), at(1, 0, 0),
+             datetime(2024, 3, 1, 23, 59, 59, 999999, tzinfo=timezone.utc)]
+    rows = pa.table({"user_id": ["u0", "u1", "u2"], "event_ts": pa.array(times, pa.timestamp("us", tz="UTC")),
+                     "amount": [1.0, None, 3.0]})
     group = f"append-arrow-{uuid.uuid4().hex}"
     spark.sparkContext.setJobGroup(group, "test")
     try:
-        assert table.append_arrow(spark, rows.slice(0, 1), schema) == 1
+        assert table.append_arrow(rows, schema) == 0  # creates the table
+        assert table.append_arrow(rows.slice(0, 1), schema) == 1
     finally:
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(group)) == 1
-    assert table.read(spark).where("user_id = 'u1'").count() == 2
+    assert spark.sparkContext.statusTracker().getJobIdsForGroup(group) == []
+    read = table.read(spark).select("user_id", "event_ts", "amount", "event_date")
+    utc = [instant.replace(tzinfo=None) for instant in times]  # Spark returns UTC instants as naive datetimes
+    assert sorted(tuple(row) for row in read.collect()) == [
+        ("u0", utc[0], 1.0, "1969-12-31"), ("u0", utc[0], 1.0, "1969-12-31"),
+        ("u1", utc[1], None, "2024-03-01"), ("u2", utc[2], 3.0, "2024-03-01")]
+
+
+def test_append_arrow_and_a_spark_write_share_one_table(spark, table):
+    # The stream appends with deltalake, the batch job replaces ranges with delta-spark.
+    table.write(events(spark, [("u1", at(1), 1.0), ("u2", at(2), 2.0)]))
+    rows = pa.table({"user_id": ["u3"], "event_ts": pa.array([at(2)], pa.timestamp("us", tz="UTC")),
+                     "amount": [3.0]})
+    assert table.append_arrow(rows, from_arrow_schema(rows.schema)) == 1
+    assert table.write(events(spark, [("u4", at(2), 4.0)]), mode="replace_range",
+                       replace_range=(date(2024, 3, 2), date(2024, 3, 3))) == 2
+    assert sorted(row.user_id for row in table.read(spark).collect()) == ["u1", "u4"]
+    assert [commit[MODE_KEY] for commit in table.history()] == ["replace_range", "append", "append"]
 
 
 # ---------------------------------------------------------------------- local only

@@ -81,7 +81,7 @@ def tracked_table(local_services, spark, tmp_path):
     for step, extra in enumerate([None, None, "new_feature"]):
         batch = rows if extra is None else rows.append_column(extra, pa.array([5.0, 6.0]))
         with tracking.feature_table_run(cfg, name):
-            version = table.append_arrow(spark, batch, from_arrow_schema(batch.schema))
+            version = table.append_arrow(batch, from_arrow_schema(batch.schema))
             tracking.log_delta_version(version)
             if step != 1:
                 mlflow.log_text("", f"validation/{name}/failed.txt")
