@@ -86,12 +86,15 @@ def _script_command(name: str, argv: list[str]) -> int:
         prog=f"tessera {name}",
         description={"test": "run the test suite (pytest; extra arguments go to pytest)",
                      "bench": "run every benchmark in bench/ and refresh bench/results"}[name])
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed through")
-    args = parser.parse_args(argv)
+    # Every argument goes through, options included (`tessera test -m unit --durations=0`);
+    # only a lone -h/--help is this command's own.
+    if argv in (["-h"], ["--help"]):
+        parser.print_help()
+        return 0
     if name == "test":
-        command = [sys.executable, "-m", "pytest", *args.args]
+        command = [sys.executable, "-m", "pytest", *argv]
     else:
-        command = [sys.executable, str(REPO_ROOT / "bench" / "run_all.py"), *args.args]
+        command = [sys.executable, str(REPO_ROOT / "bench" / "run_all.py"), *argv]
     return subprocess.call(command, cwd=REPO_ROOT)
 
 
