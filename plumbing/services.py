@@ -314,7 +314,10 @@ class MlflowService(_Service):
                 "--workers", "1"]
 
     def env(self) -> dict[str, str]:
-        env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+               # MLflow 3's job runner (GenAI jobs, unused here) starts seven huey
+               # consumers of ~250 MB each per server.
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         if self.cfg.s3.endpoint_url and self.cfg.mlflow.artifacts_uri.startswith("s3://"):
             env["MLFLOW_S3_ENDPOINT_URL"] = self.cfg.s3.endpoint_url
             env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get(self.cfg.s3.access_key_env, "testing"))
