@@ -6,7 +6,8 @@ setup(
     version="0.1.0",
     description="Features computed once with PySpark, stored in Delta Lake and Redis, validated, versioned and served.",
     python_requires=">=3.10",
-    packages=find_packages(include=["plumbing*", "jobs*", "transformations*", "expectations*", "serving*", "feature_repo*"]),
+    packages=find_packages(include=["plumbing*", "jobs*", "transformations*", "expectations*", "serving*",
+                                    "feature_repo*"]),
     package_data={"": ["*.yaml"]},
     install_requires=[
         "pyspark==4.2.0",

@@ -445,7 +445,7 @@ def plot(results: list[dict], path: Path) -> None:
         points = [(result["events"], result["engines"][engine]["events_per_s"]) for result in results
                   if engine in result["engines"] and result["engines"][engine]["events_per_s"]]
         if points:
-            axes.plot(*zip(*points), marker="o", label=engine)
+            axes.plot(*zip(*points, strict=True), marker="o", label=engine)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("generated events (7 days)")

@@ -72,12 +72,14 @@ def markdown(results: list[dict], machine: dict) -> str:
         f"Load average when the benchmark started: {machine['load_average_1m']:.1f} "
         "(above the CPU count, other work shared the machine and slowed the wall times; CPU s is less affected).",
         "",
-        "| events | format | days | events/s | generator s | CPU s | wall s (with start-up) | peak RSS MB | output MB |",
+        "| events | format | days | events/s | generator s | CPU s | wall s (with start-up) | peak RSS MB "
+        "| output MB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['events']:,} | {r['format']} | {r['days']} | {r['events_per_s']:,} | {r['generator_s']:.1f} "
-                     f"| {r['cpu_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['output_mb']:.0f} |")
+        lines.append(f"| {r['events']:,} | {r['format']} | {r['days']} | {r['events_per_s']:,} "
+                     f"| {r['generator_s']:.1f} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} "
+                     f"| {r['output_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -89,7 +89,7 @@ def compare_hashes(client, entity_ids: list[str]) -> int:
             pipe.hgetall(redis_key(TABLE.entity_column, entity_id, WRITER_PROJECT))
         replies = pipe.execute()
         different += sum(feast_hash != writer_hash or not feast_hash
-                         for feast_hash, writer_hash in zip(replies[0::2], replies[1::2]))
+                         for feast_hash, writer_hash in zip(replies[0::2], replies[1::2], strict=True))
     return different
 
 

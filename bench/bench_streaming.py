@@ -109,7 +109,7 @@ def _free_port() -> int:
 
 def weighted_percentile(values: list[float], weights: list[int], share: float) -> float | None:
     """The value at which the cumulative weight (values in ascending order) reaches ``share``."""
-    pairs = sorted((value, weight) for value, weight in zip(values, weights) if weight)
+    pairs = sorted((value, weight) for value, weight in zip(values, weights, strict=True) if weight)
     total = sum(weight for _, weight in pairs)
     running = 0
     for value, weight in pairs:
@@ -190,12 +190,12 @@ def stored_rows(cfg: Config, max_rows: int) -> pd.DataFrame:
     rows = []
     for start in range(0, len(users), 5_000):
         chunk = users[start:start + 5_000]
-        for user, values in zip(chunk, reader.read(refs, [{TABLE.entity_column: user} for user in chunk])):
+        for user, values in zip(chunk, reader.read(refs, [{TABLE.entity_column: user} for user in chunk]), strict=True):
             first = values[refs[0]]
             if first.status != "present":
                 continue
             rows.append({TABLE.entity_column: user, TABLE.timestamp_column: first.event_time,
-                         **{name: values[ref].value for name, ref in zip(TABLE.feature_names, refs)}})
+                         **{name: values[ref].value for name, ref in zip(TABLE.feature_names, refs, strict=True)}})
     frame = pd.DataFrame(rows)
     for feature in TABLE.features:  # nulls came back as None: give each column its type
         frame[feature.name] = frame[feature.name].astype("Int64" if feature.dtype == "bigint" else "float64")
@@ -234,7 +234,7 @@ def compare_writers(cfg: Config, rounds: int, max_rows: int) -> dict:
             pipe.hgetall(redis_key(TABLE.entity_column, user, FEAST_BENCH_PROJECT))
             pipe.hgetall(redis_key(TABLE.entity_column, user, WRITER_BENCH_PROJECT))
         replies = pipe.execute()
-        different += sum(a != b or not a for a, b in zip(replies[0::2], replies[1::2]))
+        different += sum(a != b or not a for a, b in zip(replies[0::2], replies[1::2], strict=True))
     _clear(client, FEAST_BENCH_PROJECT)
     _clear(client, WRITER_BENCH_PROJECT)
     feast_rate = len(rows) / min(seconds["feast"])
@@ -395,16 +395,20 @@ def write_report(results: list[dict], args: argparse.Namespace) -> None:
 
     growth = "\n".join(f"| {run['rate']:,} | {run['users']:,} | {thirds(run)} |" for run in results if run["timeline"])
     steps = "\n".join(
-        f"| {run['rate']:,} | {run['users']:,} | " + " | ".join(f"{run['mean_step_s'].get(step, 0):.2f}" for step in STEPS)
+        f"| {run['rate']:,} | {run['users']:,} | "
+        + " | ".join(f"{run['mean_step_s'].get(step, 0):.2f}" for step in STEPS)
         + f" | {seconds(run['mean_batch_s'])} |" for run in results)
     text = (
         f"### Streaming: {'Kafka topics' if args.source == 'kafka' else 'landing files'} -> stream_features "
         "-> Redis\n\n"
         f"{when} on {machine}; `python bench/bench_streaming.py{' --quick' if args.quick else ''}`: "
-        "trigger " + (f"every {args.trigger_interval_s} s" if args.trigger_interval_s else "the job's default (every 0.5 s)") + ", each run on a fresh lake, "
+        "trigger "
+        + (f"every {args.trigger_interval_s} s" if args.trigger_interval_s else "the job's default (every 0.5 s)")
+        + ", each run on a fresh lake, "
         "checkpoint and Redis, after two warm-up micro-batches. Freshness = event time to the end of the "
         "micro-batch's Redis writes (the generator sends each second of events at its end, as a file or "
-        "as Kafka records, so ~1 s of it is the input's own); p50/p99 weight each micro-batch's own p50/p99 by its events. Steady state leaves "
+        "as Kafka records, so ~1 s of it is the input's own); p50/p99 weight each micro-batch's own p50/p99 "
+        "by its events. Steady state leaves "
         f"out the micro-batches that ended in the first {args.warm_up_s:.0f} s of the input: the step from idle "
         "to the full rate meets a JVM whose JIT has not compiled that rate's hot paths yet. Goal: p99 under "
         "5 s at 5,000 events/s. The machine is shared: load average at each start in the last column.\n\n"

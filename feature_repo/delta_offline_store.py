@@ -114,7 +114,7 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             return super().get_table_column_names_and_types_from_data_source(config, data_source)
         table = delta_table(data_source, config.repo_path, config.offline_store.storage_options)
         schema = pa.schema(table.schema().to_arrow())
-        return zip(schema.names, map(str, schema.types))
+        return zip(schema.names, map(str, schema.types), strict=True)
 
     @staticmethod
     def get_historical_features(

@@ -10,8 +10,8 @@ For each event type the job reads the history the windows need (the range plus t
 longest window before it), splits off malformed rows into the dead-letter table
 ``dead_letter_<event_type>`` with the reason, validates the rest (Great Expectations,
 recorded as an MLflow run) and replaces the range's accepted events in
-``bronze_<event_type>``, the event table the streaming job continues (``plumbing.event_tables``). Then, for each feature table of
-``transformations.catalog``:
+``bronze_<event_type>``, the event table the streaming job continues (``plumbing.event_tables``).
+Then, for each feature table of ``transformations.catalog``:
 
 1. compute it with the table's transformation and keep the rows in the range;
 2. validate it: a failed suite blocks publication - the table keeps its previous version

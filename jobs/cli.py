@@ -19,17 +19,20 @@ from plumbing.services import SERVICE_NAMES, ServiceError
 
 # subcommand -> (module with main(argv), one-line help)
 JOBS = {
-    "generate": ("jobs.generate_events", "generate raw events: history (Parquet) or live (JSON lines to Kafka or the landing folder)"),
+    "generate": ("jobs.generate_events", "generate raw events: history (Parquet) "
+                                         "or live (JSON lines to Kafka or the landing folder)"),
     "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
     "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve; "
                                      "ui: the feature catalog in Feast's web UI"),
-    "stream-features": ("jobs.stream_features", "Structured Streaming from Kafka (or the landing folder) to Redis (and dead letters)"),
+    "stream-features": ("jobs.stream_features", "Structured Streaming from Kafka (or the landing folder) "
+                                                "to Redis (and dead letters)"),
     "consistency-check": ("jobs.consistency_check", "compare Redis with the batch values as of the same cut-off"),
     "table": ("jobs.lake_tables", "a Delta table's versions and MLflow runs, rollback, validation report"),
     "train": ("jobs.train_model", "build a point-in-time training set, train, evaluate, register the fraud model"),
     "serve": ("serving.app", "the HTTP API: online features and model scores (uvicorn)"),
     "demo": ("jobs.demo", "run the whole pipeline on the embedded default and print what it did"),
-    "screenshots": ("jobs.screenshots", "check the API docs, Feast UI and MLflow pages in Chromium; images to docs/images"),
+    "screenshots": ("jobs.screenshots", "check the API docs, Feast UI and MLflow pages in Chromium; "
+                                        "images to docs/images"),
 }
 
 

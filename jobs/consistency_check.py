@@ -34,9 +34,9 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Iterator
 
 import mlflow
 import pandas as pd
@@ -47,9 +47,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from plumbing.event_tables import bronze_table
 from plumbing import tracking
 from plumbing.config import Config, load_config_for_command
+from plumbing.event_tables import bronze_table
 from plumbing.online_store import EXPIRED, MISSING, PRESENT, OnlineStoreReader
 from plumbing.spark import get_spark
 from transformations.catalog import FEATURE_TABLES, spark_schema
@@ -137,12 +137,13 @@ def online_values(entities: DataFrame, table: FeatureTable, cfg: Config, as_of: 
             ids = batch.column(entity).to_pylist()
             rows = []
             for entity_id, values in zip(ids, reader.read(refs, [{entity: entity_id} for entity_id in ids],
-                                                          now=as_of)):
+                                                          now=as_of), strict=True):
                 statuses = {value.status for value in values.values()}
                 status = PRESENT if PRESENT in statuses else EXPIRED if EXPIRED in statuses else MISSING
                 row = {entity: entity_id, ONLINE_STATUS: status,
                        ONLINE_TS: next((value.event_time for value in values.values() if value.event_time), None)}
-                row.update({online_column(name): values[ref].value for name, ref in zip(table.feature_names, refs)})
+                row.update({online_column(name): values[ref].value
+                            for name, ref in zip(table.feature_names, refs, strict=True)})
                 rows.append(row)
             yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
 

@@ -139,9 +139,10 @@ def _sample(api: Api, clock: str) -> None:
     transactions = [{"transaction_id": f"demo-{user}", "user_id": user, "merchant_id": "m00001", "amount": 250.0,
                      "currency": "EUR", "country": "DE", "channel": "web"} for user in SAMPLE_USERS]
     scores = api.call("POST", "/v1/predict", {"transactions": transactions})
-    for user, result, prediction in zip(SAMPLE_USERS, answer["results"], scores["predictions"]):
+    for user, result, prediction in zip(SAMPLE_USERS, answer["results"], scores["predictions"], strict=True):
         values = " ".join(f"{ref.split(':')[1]}={_shown(value, status)}"
-                          for ref, value, status in zip(answer["features"], result["values"], result["statuses"]))
+                          for ref, value, status in zip(answer["features"], result["values"], result["statuses"],
+                                                        strict=True))
         age = result["ages_seconds"].get("user_transaction_features")
         age_text = f"{age:7.1f}s" if age is not None else "      -"
         print(f"  {clock} {user} {values}  txn age {age_text}  score({prediction['transaction_id']} 250 EUR)="

@@ -77,9 +77,9 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -776,7 +776,7 @@ class TableBuilder:
                 originals = lines.take(pa.array(text_defects)).to_pylist()
                 replaced = [_corrupt_json(line[:-1].replace("{,", "{", 1), int(kinds[row]),
                                           int(c["malformed_column"][row]), schema, rng) + "\n"
-                            for line, row in zip(originals, text_defects)]
+                            for line, row in zip(originals, text_defects, strict=True)]
                 mask = np.zeros(len(lines), dtype=bool)
                 mask[text_defects] = True
                 lines = pc.replace_with_mask(lines, pa.array(mask), pa.array(replaced, pa.string()))
@@ -983,7 +983,7 @@ def _run(generator: EventGenerator, windows: Iterator[Slice], total: int, emit, 
             summary.counts.update({TRANSACTIONS: _length(transactions), ACTIVITY: _length(activity),
                                    CHARGEBACKS: _length(chargebacks)})
             for columns in (transactions, activity):
-                for code, n in zip(*np.unique(columns["malformed_kind"], return_counts=True)):
+                for code, n in zip(*np.unique(columns["malformed_kind"], return_counts=True), strict=True):
                     if code != NOT_MALFORMED:
                         summary.malformed[cleaning.REJECT_KINDS[code]] += int(n)
                 summary.late_events += int(columns.get("late", np.zeros(0, bool)).sum())
@@ -1006,11 +1006,12 @@ def history_windows(total: int, start_ms: int, days: int, chunk_events: int) -> 
     cuts = np.unique(np.concatenate([[0], np.searchsorted(share_by_minute, np.arange(1, per_day) / per_day) + 1,
                                      [len(minutes)]]))
     bounds = [(start_ms + d * DAY_MS + a * MINUTE_MS, start_ms + d * DAY_MS + b * MINUTE_MS)
-              for d in range(days) for a, b in zip(cuts[:-1], cuts[1:])]
+              for d in range(days) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     traffic = np.cumsum([expected_traffic(a, b) for a, b in bounds])
     ends = np.round(total * traffic / traffic[-1]).astype(np.int64)
     counts = np.diff(np.concatenate([[0], ends]))
-    return [Slice(i, a, b, int(n), i == len(bounds) - 1) for i, ((a, b), n) in enumerate(zip(bounds, counts))]
+    return [Slice(i, a, b, int(n), i == len(bounds) - 1)
+            for i, ((a, b), n) in enumerate(zip(bounds, counts, strict=True))]
 
 
 def live_windows(total: int, start_ms: int, rate: float, interval_s: float) -> Iterator[Slice]:

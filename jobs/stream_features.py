@@ -352,7 +352,7 @@ class BatchCounts:
                    for event_type in EVENT_TYPES}
         counted = records.group_by([EVENT_TYPE, STATUS]).aggregate([([], "count_all")])
         for event_type, status, count in zip(counted[EVENT_TYPE].to_pylist(), counted[STATUS].to_pylist(),
-                                             counted["count_all"].to_pylist()):
+                                             counted["count_all"].to_pylist(), strict=True):
             by_type[event_type][status] += count
             by_type[event_type]["received"] += count
         first_event_time = {event_type: pc.min(events[EVENT_TIME]).as_py().astimezone(timezone.utc)
@@ -381,7 +381,7 @@ def holds_batch(table: LakeTable, query_id: str, batch_id: int) -> bool:
         return False
     return any(query is not None and query_id.startswith(query) and batch == batch_id
                for query, batch in zip(files.column(f"min.{QUERY_ID}").to_pylist(),
-                                       files.column(f"min.{BATCH_ID}").to_pylist()))
+                                       files.column(f"min.{BATCH_ID}").to_pylist(), strict=True))
 
 
 def append_once(table: LakeTable, rows: pa.Table, schema: T.StructType, query_id: str, batch_id: int,

@@ -16,8 +16,8 @@ broker starts or stops.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from plumbing.config import Config
 from transformations.schemas import EVENT_TYPES
@@ -134,7 +134,7 @@ class EventProducer:
         topic = self.topics.topic(event_type)
         keys = keys if keys is not None else [None] * len(values)
         produce, poll = self._producer.produce, self._producer.poll
-        for value, key in zip(values, keys):
+        for value, key in zip(values, keys, strict=True):
             while True:
                 try:
                     produce(topic, value, key, on_delivery=self._delivered)

@@ -91,6 +91,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType, TimestampType
 
 from plumbing.config import Config
+
 # Not used here: jobs/generate_events.py and notebooks/01 import it from this module.
 from plumbing.storage import filesystem_and_root  # noqa: F401
 

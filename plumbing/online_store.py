@@ -378,7 +378,7 @@ def _encode_chunk(view: _View, chunk: pa.Table, now_ms: int) -> _Chunk:
     rows_sent = skipped_expired = 0
     call_keys: list[bytes] = []
     call_args: list = []
-    for key, micros, values in zip(keys, event_micros, zip(*value_columns)):
+    for key, micros, values in zip(keys, event_micros, zip(*value_columns, strict=True), strict=True):
         expires_at_ms = -(-(micros + view.ttl_micros) // 1000)  # rounded up
         if expires_at_ms <= now_ms:
             skipped_expired += 1
@@ -570,7 +570,7 @@ class OnlineStoreReader:
         by_view = []
         for number, planned in enumerate(plan.views):
             by_view.append(planned.decode(replies[number::view_count], now))
-        return [list(rows) for rows in zip(*by_view)] if by_view else [[] for _ in range(entity_count)]
+        return [list(rows) for rows in zip(*by_view, strict=True)] if by_view else [[] for _ in range(entity_count)]
 
     def read(self, feature_refs: Sequence[str], entity_rows: Sequence[Mapping[str, str]],
              now: datetime | None = None) -> list[dict[str, FeatureValue]]:
@@ -587,11 +587,11 @@ class OnlineStoreReader:
         results = []
         for rows in decoded:
             values: dict[str, FeatureValue] = {}
-            for planned, row in zip(plan.views, rows):
+            for planned, row in zip(plan.views, rows, strict=True):
                 if row.status == MISSING:
                     values.update((ref, _MISSING) for ref in planned.refs)
                     continue
-                for ref, value, status in zip(planned.refs, row.values, row.statuses):
+                for ref, value, status in zip(planned.refs, row.values, row.statuses, strict=True):
                     values[ref] = _MISSING if status == MISSING else FeatureValue(value, status, row.event_time)
             results.append(values)
         return results
@@ -670,11 +670,11 @@ class _PlannedView:
         if not present:
             return rows
         # Decode feature columns over the present rows, then back to rows.
-        stored_columns = list(zip(*[replies[number] for number in present]))  # [0]: the timestamps
+        stored_columns = list(zip(*[replies[number] for number in present], strict=True))  # [0]: the timestamps
         columns = []
-        for column, decoder in zip(stored_columns[1:], self.decoders):
+        for column, decoder in zip(stored_columns[1:], self.decoders, strict=True):
             columns.append(_decode_doubles(column) if decoder is _decode_doubles else _decode_bigints(column))
-        for number, values in zip(present, zip(*columns)):
+        for number, values in zip(present, zip(*columns, strict=True), strict=True):
             reply = replies[number]
             statuses = self.all_present
             if None in reply:  # a field absent from a stored row (e.g. a feature added later)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from plumbing.config import Config
 
 
-def redis_password(cfg: "Config") -> str:
+def redis_password(cfg: Config) -> str:
     from_env = os.environ.get(cfg.redis.password_env)
     if from_env:
         return from_env

@@ -21,10 +21,10 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from plumbing.config import PROFILE_ENV, Config
 

@@ -5,8 +5,9 @@ event loop within the request's time budget, and the JSON answer of the hot path
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import pydantic_core

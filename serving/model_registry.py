@@ -163,7 +163,8 @@ def compile_model(loaded: LoadedModel) -> CompiledPipeline | None:
     except Exception as exc:  # e.g. a flavour without a raw scikit-learn model
         problem = f"{type(exc).__name__}: {exc}"
     if problem:
-        log.warning("%s version %s: scoring through mlflow.pyfunc (slow path): %s", loaded.name, loaded.version, problem)
+        log.warning("%s version %s: scoring through mlflow.pyfunc (slow path): %s",
+                    loaded.name, loaded.version, problem)
         return None
     return compiled
 

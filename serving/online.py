@@ -33,8 +33,8 @@ def async_redis_client(settings: RedisSettings) -> redis.asyncio.Redis:
     # redis-py's per-reply timer cost more than the reply's parsing. No retries inside
     # redis-py: its default backs off for seconds when Redis is down, where the API must
     # answer 503 at once; _round_trip retries a stale connection itself, once.
-    return redis.asyncio.Redis(**settings.client_options(), socket_connect_timeout=5, socket_timeout=None, health_check_interval=30,
-                               retry=Retry(NoBackoff(), 0))
+    return redis.asyncio.Redis(**settings.client_options(), socket_connect_timeout=5, socket_timeout=None,
+                               health_check_interval=30, retry=Retry(NoBackoff(), 0))
 
 
 async def read_rows(client: redis.asyncio.Redis, reader: OnlineStoreReader, plan: OnlineStoreReader.Plan,

@@ -70,7 +70,8 @@ class CompiledPipeline:
             order, inner_encoder, inner_mask = list(range(len(names))), None, np.zeros(len(names), bool)
         else:
             steps = {name: (transformer, mask) for name, transformer, mask in inner.transformers_}
-            if set(steps) - {"encoder", "numerical", "remainder"} or not isinstance(steps["encoder"][0], OrdinalEncoder):
+            if (set(steps) - {"encoder", "numerical", "remainder"}
+                    or not isinstance(steps["encoder"][0], OrdinalEncoder)):
                 raise NotCompilable("unexpected internal preprocessing of the classifier")
             inner_encoder, inner_mask = steps["encoder"][0], np.asarray(steps["encoder"][1], bool)
             numerical_mask = np.asarray(steps["numerical"][1], bool)
@@ -88,11 +89,11 @@ class CompiledPipeline:
                 categories, codes, unknown = outer_codes[1:]
                 position = list(np.flatnonzero(inner_mask)).index(index)
                 final = _inner_codes(inner_encoder, position, [*codes, unknown])
-                table = dict(zip(categories, final[:-1]))
+                table = dict(zip(categories, final[:-1], strict=True))
                 sources.append((column, table, final[-1]))
             elif outer_codes is not None:  # ordinal-encoded, then taken as a number
                 categories, codes, unknown = outer_codes[1:]
-                sources.append((column, dict(zip(categories, codes)), unknown))
+                sources.append((column, dict(zip(categories, codes, strict=True)), unknown))
             else:
                 sources.append((column, None, np.nan))
         return cls(sources, classify)

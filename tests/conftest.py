@@ -22,7 +22,6 @@ from plumbing import services
 from plumbing.config import Config, load_config
 from plumbing.spark import get_spark, jar_paths, s3a_conf
 
-
 SERVICE_FIXTURES = frozenset({"local_services", "s3_services"})
 TIERS = ("unit", "integration", "e2e")
 

@@ -94,7 +94,7 @@ def runs(s3_services, spark, cluster, run_id, tmp_path_factory):
                   realtime=False, progress=False)
     configs = {engine: load_config("s3", environ=env) for engine, env in environ.items()}
     checkpoints = {engine: tmp_path_factory.mktemp(f"checkpoint-{engine}") for engine in configs}
-    for engine, engine_cfg in configs.items():
+    for engine_cfg in configs.values():
         redis.Redis(host=cfg.redis.host, port=cfg.redis.port, password=cfg.redis_password(),
                     db=engine_cfg.redis.db).flushdb()
     batch_args = ["--start", START.isoformat(), "--end", END.isoformat(), "--now", NOW.isoformat(), "--no-online"]

@@ -92,7 +92,7 @@ def test_malformed_records_replace_good_ones_and_leave_the_rest_unchanged(tmp_pa
     _history(tmp_path / "clean", seed=5)
     summary = _history(tmp_path / "bad", seed=5, malformed_fraction=0.05)
     clean, bad = _table(tmp_path / "clean", TRANSACTIONS), _table(tmp_path / "bad", TRANSACTIONS)
-    changed = sum(a != b for a, b in zip(clean.to_pylist(), bad.to_pylist()))
+    changed = sum(a != b for a, b in zip(clean.to_pylist(), bad.to_pylist(), strict=True))
     assert bad.num_rows == clean.num_rows
     assert 0 < changed <= sum(summary.malformed.values())
 

@@ -9,8 +9,8 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import date, datetime, timezone
-from typing import Iterator
 
 import pyarrow as pa
 import pytest

@@ -55,11 +55,11 @@ def test_two_drivers_appending_to_one_s3_table_lose_no_commit(spark, s3_services
     table.write(spark.createDataFrame([("setup", 0, datetime(2026, 1, 1, tzinfo=timezone.utc))],
                                       "driver string, i int, event_ts timestamp"))
     rejected_before = _moto_rejections(cfg)
-    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, table.uri, name, str(APPENDS), str(tmp_path)], cwd=REPO_ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, table.uri, name, str(APPENDS), str(tmp_path)],
+                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for name in ("a", "b")]
     outputs = [driver.communicate(timeout=900)[0] for driver in drivers]
-    for driver, output in zip(drivers, outputs):
+    for driver, output in zip(drivers, outputs, strict=True):
         assert driver.returncode == 0, output[-4000:]
         assert "log store: dev.tessera.delta.S3ConditionalPutLogStore" in output
 

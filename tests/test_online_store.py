@@ -46,7 +46,8 @@ def random_rows(table, entity_ids, rng, newest=NOW, spread_s=3600) -> pd.DataFra
     count = len(entity_ids)
     rows = pd.DataFrame({
         table.entity_column: list(entity_ids),
-        table.timestamp_column: pd.Timestamp(newest) - pd.to_timedelta(rng.integers(0, spread_s * 10**6, count), unit="us"),
+        table.timestamp_column: pd.Timestamp(newest)
+        - pd.to_timedelta(rng.integers(0, spread_s * 10**6, count), unit="us"),
     })
     for feature in table.features:
         if feature.dtype == "bigint":
@@ -115,7 +116,8 @@ def test_wire_format_is_feasts():
     assert encode_doubles(pa.chunked_array([doubles], pa.float64())) == feast_bytes
     assert [decode_value(b) for b in feast_bytes[:5]] == doubles[:5]
 
-    for moment in (datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc), NOW, datetime(2038, 1, 19, 3, 14, 8, 1, timezone.utc)):
+    for moment in (datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc), NOW,
+                   datetime(2038, 1, 19, 3, 14, 8, 1, timezone.utc)):
         feast_ts = Timestamp()
         feast_ts.FromDatetime(moment)
         micros = (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
@@ -184,7 +186,8 @@ def test_older_rows_never_overwrite_newer_ones(cfg, projects):
         return {**base, "user_id": user, "event_timestamp": NOW - timedelta(minutes=minutes), "logins_1h": logins}
 
     def stored_logins(user):
-        return reader.read(["user_activity_features:logins_1h"], [{"user_id": user}])[0]["user_activity_features:logins_1h"].value
+        feature = "user_activity_features:logins_1h"
+        return reader.read([feature], [{"user_id": user}])[0][feature].value
 
     assert writer.write(ACTIVITY, [row("order-1", 10, 1)]).written == 1
     result = writer.write(ACTIVITY, [row("order-1", 20, 2)])  # older
@@ -305,6 +308,6 @@ def test_write_dataframe_online_writes_the_newest_row_per_entity(spark, cfg, pro
     newest = history.loc[history.groupby("user_id")[TXN.timestamp_column].idxmax()].set_index("user_id")
     read = OnlineStoreReader(cfg, project=projects["misc"]).read(
         [f"{TXN.name}:{name}" for name in TXN.feature_names], [{"user_id": user} for user in users])
-    for user, values in zip(users, read):
+    for user, values in zip(users, read, strict=True):
         for name in TXN.feature_names:
             assert values[f"{TXN.name}:{name}"].value == expected_value(newest.loc[user, name]), (user, name)

@@ -267,7 +267,8 @@ def test_the_fast_path_answers_as_the_routes_do(client, monkeypatch):
     entities = [{"user_id": "u-3", "merchant_id": "m-1"}, {"user_id": "u-stale", "merchant_id": "m-404"}]
     requests = {"/v1/features": {"features": ["merchant_features:merchant_txn_count_30d",
                                               "user_activity_features:logins_24h"], "entities": entities},
-                "/v1/predict": {"transactions": [transaction("t-1", "u-2", "m-3"), transaction("t-2", "u-stale", "m-0")]}}
+                "/v1/predict": {"transactions": [transaction("t-1", "u-2", "m-3"),
+                                                 transaction("t-2", "u-stale", "m-0")]}}
     for path, body in requests.items():
         content = json.dumps(body).encode()
         fast = client.post(path, content=content, headers={"content-type": "application/json"})

@@ -34,9 +34,9 @@ from pyspark.sql import functions as F
 from jobs import consistency_check, stream_features
 from jobs.generate_events import generate_live, live_destination
 from jobs.stream_features import StreamSettings
-from plumbing.event_tables import bronze_table, dead_letter_table
 from plumbing import services
 from plumbing.config import REPO_ROOT, Config, load_config
+from plumbing.event_tables import bronze_table, dead_letter_table
 from plumbing.kafka import EventProducer, KafkaTopics, ensure_topics
 from plumbing.online_store import OnlineStoreReader
 from transformations.catalog import FEATURE_TABLES
@@ -219,7 +219,7 @@ def test_late_events_within_the_lateness_count_later_ones_are_dead_letters(spark
                     _line(transaction_id="b2", user_id="u2", event_time=at(-60)),   # behind the watermark
                     _line(transaction_id="c2", user_id="u3", event_time=at(5))],    # late, behind u3's row
     }
-    for age, (name, lines) in zip((20, 10), files.items()):
+    for age, (name, lines) in zip((20, 10), files.items(), strict=True):
         (folder / name).write_text("\n".join(lines) + "\n")
         os.utime(folder / name, (time.time() - age,) * 2)  # the file source takes the oldest first
     settings = StreamSettings(checkpoint_location=checkpoint(env), available_now=True,

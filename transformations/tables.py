@@ -3,9 +3,9 @@ ranges. The batch job, the validation suites, the Feast definitions and the onli
 store all read these specs, so a feature is declared in exactly one place."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
 
 from pyspark.sql import DataFrame
 

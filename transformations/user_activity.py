@@ -55,6 +55,7 @@ def user_activity_features(activity: DataFrame) -> DataFrame:
         *[windows.count_in_last(is_failed_login, USER_ID, w).alias(f"failed_logins_{name}")
           for name, w in trailing.items()],
         *[windows.count_in_last(is_page_view, USER_ID, w).alias(f"page_views_{name}") for name, w in trailing.items()],
-        *[windows.count_in_last(is_session_start, USER_ID, w).alias(f"sessions_{name}") for name, w in trailing.items()],
+        *[windows.count_in_last(is_session_start, USER_ID, w).alias(f"sessions_{name}")
+          for name, w in trailing.items()],
     )
     return windows.one_row_per_instant(per_event).select(*COLUMNS)

@@ -93,5 +93,6 @@ def unavailable_features(plan: OnlineStoreReader.Plan, view_rows: list[OnlineSto
     unavailable = {}
     for planned, row in zip(plan.views, view_rows, strict=True):
         if row.status != PRESENT or MISSING in row.statuses:
-            unavailable.update((ref, status) for ref, status in zip(planned.refs, row.statuses) if status != PRESENT)
+            unavailable.update((ref, status) for ref, status in zip(planned.refs, row.statuses, strict=True)
+                               if status != PRESENT)
     return unavailable
