@@ -19,7 +19,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import great_expectations as gx
 import mlflow
@@ -27,6 +27,9 @@ from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
+
+if TYPE_CHECKING:
+    from great_expectations.data_context.store.store import DataDocsSiteConfigTypedDict
 
 # Counts plus up to 20 example values per expectation; "COMPLETE" would collect every
 # unexpected row to the driver.
@@ -51,9 +54,10 @@ class ValidationOutcome:
     def render_data_docs(self, directory: str | Path) -> Path:
         """Write GX data docs (HTML) for this validation into ``directory``; return index.html."""
         directory = Path(directory)
-        site_config = {
+        site_config: DataDocsSiteConfigTypedDict = {
             "class_name": "SiteBuilder",
-            "show_how_to_buttons": False,
+            # GX's TypedDict is incomplete (its own note says so); its SiteBuilder takes this option.
+            "show_how_to_buttons": False,  # type: ignore[typeddict-unknown-key]
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(directory)},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }

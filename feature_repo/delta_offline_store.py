@@ -24,6 +24,8 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 from functools import partial
+from pathlib import Path
+from typing import TypeGuard
 
 import ibis
 import pandas as pd
@@ -47,11 +49,11 @@ from pydantic import StrictStr
 logger = logging.getLogger(__name__)
 
 
-def is_delta_source(data_source: DataSource) -> bool:
+def is_delta_source(data_source: DataSource) -> TypeGuard[FileSource]:
     return isinstance(data_source, FileSource) and isinstance(data_source.file_format, DeltaFormat)
 
 
-def delta_table(data_source: FileSource, repo_path: str | None, storage_options: dict[str, str]) -> DeltaTable:
+def delta_table(data_source: FileSource, repo_path: Path | str | None, storage_options: dict[str, str]) -> DeltaTable:
     """The source's Delta table, opened with the store's storage options (the profile's
     endpoint, region and keys on S3)."""
     path = FileSource.get_uri_for_file_path(repo_path, data_source.path)

@@ -149,13 +149,14 @@ def write_dead_letters(cfg: Config, event_type: str, rejected: DataFrame, start:
 # ------------------------------------------------------------------ feature tables
 def expected_row_count(table: FeatureTable, sources: dict[str, DataFrame], start: date, end: date) -> int:
     """Distinct (entity, instant) pairs of the table's source events in the range: one row each."""
-    pairs = None
+    pairs: DataFrame | None = None
     for event_type in table.sources:
         part = (sources[event_type]
                 .where((F.col("event_time") >= F.lit(_utc_midnight(start)))
                        & (F.col("event_time") < F.lit(_utc_midnight(end))))
                 .select(F.col(table.entity_column), F.col("event_time")))
         pairs = part if pairs is None else pairs.unionByName(part)
+    assert pairs is not None  # a table has at least one source
     return pairs.distinct().count()
 
 

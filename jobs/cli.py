@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Split at the subcommand: options before it are ours, the rest belong to it.
-    commands = set(parser._subparsers._group_actions[0].choices)  # noqa: SLF001
+    # argparse's private attributes, typed Optional; build_parser sets both.
+    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr, arg-type]
     split = next((i for i, arg in enumerate(argv) if arg in commands), len(argv))
     args = parser.parse_args(argv[: split + 1])
     rest = argv[split + 1:]

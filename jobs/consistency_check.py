@@ -219,6 +219,7 @@ def check_table(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: da
         *[F.max(F.when(checked & both, F.abs(F.col(online_column(name)) - F.col(batch_column(name)))))
           .cast("double").alias(f"max_abs_diff__{name}") for name in table.feature_names],
     ).first()
+    assert totals is not None  # an aggregation without groups has one row
     examples = ([row[entity] for row in compared.where(F.col("differs")).select(entity).limit(EXAMPLES).collect()]
                 if totals["mismatched"] else [])
     batch.unpersist()
@@ -261,7 +262,7 @@ def comparisons(spark: SparkSession, cfg: Config, table: FeatureTable, as_of: da
         F.abs(F.col(online_column(name)).cast("double") - F.col(batch_column(name)).cast("double")).alias("abs_diff"),
         F.coalesce(~(entity_differs | differs), F.lit(False)).alias("matches"),
     ) for name, differs in conditions.feature_differs.items()])
-    rows = compared.select(
+    rows: pd.DataFrame = compared.select(
         F.lit(table.name).alias("table"), F.col(table.entity_column).alias("entity"),
         F.col(BATCH_TS), F.col(ONLINE_TS), F.col(ONLINE_STATUS),
         F.coalesce(conditions.is_newer, F.lit(False)).alias("skipped_newer"),

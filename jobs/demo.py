@@ -330,8 +330,10 @@ def _champion(cfg: Config) -> dict[str, str]:
     configure_tracking(cfg)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    run = client.get_run(version.run_id)
-    return {"version": version.version, "run_id": version.run_id, "experiment_id": run.info.experiment_id,
+    run_id = version.run_id
+    assert run_id is not None  # train_model registers every version from its run
+    run = client.get_run(run_id)
+    return {"version": version.version, "run_id": run_id, "experiment_id": run.info.experiment_id,
             "roc_auc": f"{run.data.metrics.get('roc_auc', float('nan')):.3f}",
             "baseline_roc_auc": f"{run.data.metrics.get('baseline_roc_auc', float('nan')):.3f}"}
 

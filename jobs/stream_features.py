@@ -561,7 +561,7 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
         # tables' jobs 0.4-0.9 s slower at ~160k events).
         inputs[event_type] = spark.createDataFrame(events.combine_chunks(), SCHEMAS[event_type])
         input_rows += events.num_rows
-    if table is USER_TRANSACTION_FEATURES and baseline.num_rows:
+    if table is USER_TRANSACTION_FEATURES and baseline is not None and baseline.num_rows:
         # Without one, lifetimes start at zero: the same as an empty baseline.
         inputs["lifetime_baseline"] = spark.createDataFrame(baseline, LIFETIME_BASELINE_SCHEMA)
     if precounted:
@@ -627,13 +627,13 @@ class BatchProgress:
             "events_per_s": self.counts.total("received") / self.duration_s if self.duration_s else 0.0,
             **{f"{step}_s": seconds for step, seconds in self.steps_s.items()},
         }
-        if self.lag_p50_s is not None:
+        if self.lag_p50_s is not None and self.lag_p99_s is not None:  # both or neither
             metrics.update(lag_p50_s=self.lag_p50_s, lag_p99_s=self.lag_p99_s)
         return metrics
 
     def line(self) -> str:
         """key=value pairs: readable, and parsed by bench/bench_streaming.py."""
-        values = {"batch": self.batch_id,
+        values: dict[str, object] = {"batch": self.batch_id,
                   **{event_type: self.counts.by_type[event_type]["received"] for event_type in EVENT_TYPES}}
         values.update({name: round(value, 3) if isinstance(value, float) else value
                        for name, value in self.metrics().items()})
@@ -736,6 +736,7 @@ class MicroBatchProcessor:
         if PAUSE_BEFORE_COMMIT_S:  # fault injection for the tests (see its definition)
             time.sleep(PAUSE_BEFORE_COMMIT_S)
         if accepted:
+            assert self.history is not None  # loaded above when there are accepted events
             self.history.add(accepted)
             self.history.evict(watermark)
         self.query_started = False
@@ -753,6 +754,7 @@ class MicroBatchProcessor:
                       accepted: dict[str, pa.Table]) -> tuple[WriteResult, int, float, float]:
         """Compute ``table``'s rows for the new events and write them to Redis from the
         driver; returns the result, the rows computed over and the seconds of each part."""
+        assert self.history is not None  # loaded before the online writes
         began = time.monotonic()
         rows, input_rows = online_rows(spark, table, self.history, accepted)
         computed = time.monotonic()

@@ -348,7 +348,9 @@ def log_lineage(cfg: Config, frame: pd.DataFrame, digest: str, versions: dict[st
         # source types; the dataset's (descriptive) schema has integer columns.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        dataset = mlflow.data.from_pandas(frame, source=cfg.lake.root, targets=training_sets.LABEL,
+        # mlflow.data defines its from_* constructors at import time, unseen by a type checker.
+        dataset = mlflow.data.from_pandas(frame, source=cfg.lake.root,  # type: ignore[attr-defined]
+                                          targets=training_sets.LABEL,
                                           name=f"{feature_service} {date_range}", digest=digest)
         mlflow.log_input(dataset, context="training",
                          tags={"delta_versions": json.dumps(versions, sort_keys=True), SERVICE_TAG: feature_service})
@@ -407,7 +409,7 @@ def _resolve_range(spark: SparkSession, cfg: Config, start: date | None, end: da
     """The given dates, else the history after its warm-up day up to the last mature day."""
     if start is None or end is None:
         history_start, history_end = training_sets.history_bounds(spark, cfg)
-        if history_start is None:
+        if history_start is None or history_end is None:  # both or neither
             raise ValueError(f"no transactions in {cfg.events.history_uri}: generate history first")
         start = start or (history_start + WARM_UP).date()
         # Whole days only: the last day whose transactions all have mature labels.

@@ -309,7 +309,7 @@ class _DeltaErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind, error, traceback) -> Literal[False]:  # never swallows: raises its own or lets go
         if error is None:
             return False
         if isinstance(error, _CONFLICTS):

@@ -59,7 +59,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias, cast
 
 import mmh3
 import numpy as np
@@ -320,7 +320,7 @@ class WriteResult:
                            self.skipped_expired + other.skipped_expired)
 
 
-Rows = pd.DataFrame | pa.Table | pa.RecordBatch | Iterable[Mapping]
+Rows: TypeAlias = pd.DataFrame | pa.Table | pa.RecordBatch | Iterable[Mapping]
 
 
 def _as_arrow(rows: Rows, table: FeatureTable) -> pa.Table:
@@ -555,7 +555,7 @@ class OnlineStoreReader:
     def packed_commands(self, plan: OnlineStoreReader.Plan, entity_rows: Sequence[Mapping[str, str]]) -> bytes:
         """``commands`` in Redis's wire protocol, ready to send: each view's fields are
         encoded once per plan, so a request encodes only its keys."""
-        parts = []
+        parts: list[bytes] = []
         for planned, key in self._keys(plan, entity_rows):
             parts += (planned.resp_head, b"$%d\r\n" % len(key), key, planned.resp_fields)
         return b"".join(parts)
@@ -602,7 +602,9 @@ _MAX_CACHED_PLANS = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _DOUBLE_RECORDS = np.dtype([("tag", "u1"), ("value", "<f8")])  # a serialized double Value: 9 bytes
 _VECTORIZE_FROM_ROWS = 8  # fewer present rows: value by value is cheaper than numpy's fixed cost
-_BIGINTS: dict[bytes, int | None] = {}  # decoded int64 Values: counts repeat a lot
+# Decoded int64 Values: counts repeat a lot. Keyed by bytes only; the None in the key type lets
+# map(_BIGINTS.get, column) take a column with absent fields (None) as it is.
+_BIGINTS: dict[bytes | None, int | None] = {}
 
 
 def _decode_bigints(column: Sequence[bytes | None]) -> list[int | None]:
@@ -613,17 +615,19 @@ def _decode_bigints(column: Sequence[bytes | None]) -> list[int | None]:
             _BIGINTS.clear()
         for number, data in enumerate(column):
             if data and values[number] is None:
-                values[number] = _BIGINTS[data] = decode_value(data)
+                values[number] = _BIGINTS[data] = cast("int | None", decode_value(data))  # an int64 Value: an int
     return values
 
 
 def _decode_doubles(column: Sequence[bytes | None]) -> list[float | None]:
     """A column of stored double Values (b"" for null, None for an absent field) ->
     floats, in one numpy pass when every value is a 9-byte double."""
-    if len(column) >= _VECTORIZE_FROM_ROWS and None not in column and set(map(len, column)) == {9}:
-        records = np.frombuffer(b"".join(column), dtype=_DOUBLE_RECORDS)
-        if (records["tag"] == _DOUBLE_TAG[0]).all():
-            return records["value"].tolist()
+    if len(column) >= _VECTORIZE_FROM_ROWS and None not in column:
+        stored = cast("Sequence[bytes]", column)  # no None in it: checked just above
+        if set(map(len, stored)) == {9}:
+            records = np.frombuffer(b"".join(stored), dtype=_DOUBLE_RECORDS)
+            if (records["tag"] == _DOUBLE_TAG[0]).all():
+                return records["value"].tolist()
     return [decode_value(data) for data in column]
 
 

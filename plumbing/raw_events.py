@@ -93,6 +93,7 @@ def _parquet_files(spark: SparkSession, uri: str) -> list[str]:
     """The Parquet files under ``uri`` (recursively), listed on the driver by the Hadoop
     filesystem Spark reads them with (S3A on S3: one paged listing of the prefix)."""
     jvm = spark.sparkContext._jvm
+    assert jvm is not None  # set on the driver, where this runs
     root = jvm.org.apache.hadoop.fs.Path(uri)
     filesystem = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     try:

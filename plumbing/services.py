@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 # ---------------------------------------------------------------- the services
-class _Service:
+class _Service(ABC):
     name: str
 
     def __init__(self, cfg: Config):
@@ -171,10 +172,12 @@ class _Service:
     host: str
     port: int
 
+    @abstractmethod
     def argv(self) -> list[str]: ...
     def env(self) -> dict[str, str]: return {}
+    @abstractmethod
     def healthy(self) -> bool: ...
-    def after_start(self) -> None: ...
+    def after_start(self) -> None: return None  # a hook: nothing to do by default
 
     def status(self) -> ServiceStatus:
         pid = _read_pid(self.cfg, self.name)

@@ -124,7 +124,7 @@ def build_training_set(spark: SparkSession, cfg: Config, labelled_events: DataFr
                   for request in requests if request.table.entity_column == entity]
         training_set = _attach_as_of(training_set, entity, tables)
 
-    output = [*labelled_events.columns]
+    output: list[str | Column] = [*labelled_events.columns]
     for request in requests:
         for feature in request.features:
             if feature == REQUEST_RATIO:
@@ -193,6 +193,7 @@ def _event_range(labelled_events: DataFrame) -> tuple[datetime | None, datetime 
     an as-of row are read from the feature tables."""
     micros = F.unix_micros(F.col(EVENT_TIME))
     bounds = labelled_events.agg(F.min(micros).alias("first"), F.max(micros).alias("last")).first()
+    assert bounds is not None  # an aggregation without groups has one row
     if bounds["first"] is None:
         return None, None
     return _from_micros(bounds["first"]), _from_micros(bounds["last"])
@@ -288,6 +289,7 @@ def training_set_hash(df: DataFrame) -> str:
         # A salt at the front changes every step of the hash chain: a second, independent hash.
         F.sum(F.xxhash64(F.lit("tessera"), *cells).cast("decimal(38,0)")).alias("sum_b"),
     ).first()
+    assert totals is not None  # an aggregation without groups has one row
     text = f"{df.schema.simpleString()}|{totals['rows']}|{totals['sum_a'] or 0}|{totals['sum_b'] or 0}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -327,6 +329,7 @@ def history_bounds(spark: SparkSession, cfg: Config) -> tuple[datetime | None, d
     bounds = read_history(spark, cfg, TRANSACTIONS).agg(
         F.min(F.unix_micros(F.col(EVENT_TIME))).alias("first"),
         F.max(F.unix_micros(F.col(EVENT_TIME))).alias("last")).first()
+    assert bounds is not None  # an aggregation without groups has one row
     if bounds["first"] is None:
         return None, None
     first, last = _from_micros(bounds["first"]), _from_micros(bounds["last"])

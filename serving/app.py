@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
 import redis
@@ -35,6 +36,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from plumbing.config import PROFILE_ENV, Config, ConfigError, load_config
 from plumbing.online_store import FEAST_PROJECT, OnlineStoreReader, RedisSettings
@@ -85,7 +87,7 @@ def create_app(cfg: Config, *, project: str = FEAST_PROJECT, model_name: str = M
     for router in routers:
         app.include_router(router)
     # Metric labels: the API's paths; anything else counts as "other".
-    api_paths = {route.path for router in routers for route in router.routes}
+    api_paths = {route.path for router in routers for route in router.routes if isinstance(route, Route)}
     _add_error_handlers(app, api_paths)
     # The last added runs first: metrics see every answer, the 413s included; the fast path
     # of the hot endpoints runs inside the body-size limit.
@@ -119,7 +121,7 @@ def _api_key(cfg: Config) -> tuple[bytes, ...] | None:
 
 # ---- errors: one JSON shape (models.ErrorResponse), never a traceback ---------------------
 def _error(status: int, detail: str, route: str, kind: str, errors: list[dict] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
     metrics.ERRORS.labels(route, kind).inc()
     return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status, headers=headers)
 

@@ -68,7 +68,7 @@ def record_rows_served(plan: OnlineStoreReader.Plan, rows: Sequence[Sequence[Onl
         for view_rows in rows:
             row = view_rows[number]
             counts[row.status] = counts.get(row.status, 0) + 1
-            if row.status == PRESENT:
+            if row.status == PRESENT and row.event_time is not None:  # a present row has its time
                 age.observe((now - row.event_time).total_seconds())
         for status, count in counts.items():
             _child(FEATURE_ROWS, view, status).inc(count)

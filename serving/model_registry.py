@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import TYPE_CHECKING
 
 import anyio
 import mlflow
@@ -40,6 +41,9 @@ from feature_repo.feature_services import feature_refs
 from plumbing.training_sets import RATIO_MEAN, RATIO_TABLE, REQUEST_RATIO
 from serving import metrics
 from serving.scoring import CompiledPipeline, NotCompilable, verify
+
+if TYPE_CHECKING:  # mlflow loads mlflow.pyfunc lazily
+    from mlflow.pyfunc import PyFuncModel
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ class LoadedModel:
 
     name: str
     version: str
-    pyfunc: mlflow.pyfunc.PyFuncModel
+    pyfunc: PyFuncModel
     input_columns: list[str]        # the signature's columns, in order
     dtypes: dict[str, str]          # column -> numpy dtype the signature expects
     feature_columns: dict[str, str]  # column -> online feature reference it is read from
@@ -92,7 +96,7 @@ class LoadedModel:
         # One OpenMP thread per prediction: requests already run in parallel, and on a busy
         # 2-core machine OpenMP's spinning threads made a one-row prediction 10x slower (measured).
         with _thread_pools().limit(limits=1, user_api="openmp"):
-            probabilities = np.asarray(self.pyfunc.predict(inputs))
+            probabilities: np.ndarray = np.asarray(self.pyfunc.predict(inputs))
         return probabilities[:, 1]
 
 

@@ -72,7 +72,10 @@ class FeaturesRequest(_Request):
     def feature_refs(self) -> list[str]:
         if (self.feature_service is None) == (self.features is None):
             raise ValueError("give exactly one of `feature_service` and `features`")
-        return SERVICE_REFS[self.feature_service] if self.feature_service else self.features
+        if self.feature_service is not None:
+            return SERVICE_REFS[self.feature_service]
+        assert self.features is not None  # exactly one of the two: checked above
+        return self.features
 
 
 class EntityFeatures(BaseModel):

@@ -79,7 +79,7 @@ class CompiledPipeline:
                 raise NotCompilable("the classifier's internal preprocessing does not use each column once")
             # ColumnTransformer output: the encoder's columns, then the numerical ones.
             order = [*np.flatnonzero(inner_mask), *np.flatnonzero(numerical_mask)]
-        sources = []
+        sources: list[tuple[str, dict | None, float]] = []
         for index in order:
             name, outer_codes = outer[index]
             column = name if outer_codes is None else outer_codes[0]
@@ -87,7 +87,7 @@ class CompiledPipeline:
                 if outer_codes is None:
                     raise NotCompilable(f"{name} is categorical in the classifier but not ordinal-encoded before it")
                 categories, codes, unknown = outer_codes[1:]
-                position = list(np.flatnonzero(inner_mask)).index(index)
+                position = np.flatnonzero(inner_mask).tolist().index(index)
                 final = _inner_codes(inner_encoder, position, [*codes, unknown])
                 table = dict(zip(categories, final[:-1], strict=True))
                 sources.append((column, table, final[-1]))

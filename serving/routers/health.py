@@ -43,6 +43,7 @@ async def prometheus_metrics() -> Response:
 async def _redis_reachable(client: redis.asyncio.Redis, settings: ServingConfig) -> bool:
     try:
         with anyio.fail_after(settings.request_timeout_s):
-            return bool(await client.ping())
+            # redis-py types ping() for its sync and async clients at once (Awaitable[bool] | bool).
+            return bool(await client.ping())  # type: ignore[misc]
     except (redis.RedisError, TimeoutError):
         return False

@@ -90,7 +90,7 @@ def model_inputs(model: LoadedModel, plan: OnlineStoreReader.Plan, transactions:
 
 def unavailable_features(plan: OnlineStoreReader.Plan, view_rows: list[OnlineStoreReader.Row]) -> dict[str, str]:
     """The features read for the model without a present value, and their status."""
-    unavailable = {}
+    unavailable: dict[str, str] = {}
     for planned, row in zip(plan.views, view_rows, strict=True):
         if row.status != PRESENT or MISSING in row.statuses:
             unavailable.update((ref, status) for ref, status in zip(planned.refs, row.statuses, strict=True)
