@@ -3,7 +3,7 @@
 TESSERA := .venv/bin/tessera
 PROFILE ?= local
 
-.PHONY: setup demo test test-fast up down status serve bench clean
+.PHONY: setup demo test test-fast lint up down status serve bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,10 @@ test:
 # The unit tier only: no service started, about a minute (tiers: docs/testing.md).
 test-fast: setup
 	$(TESSERA) test -m unit
+
+# ruff (whole repository) and mypy (product code), configured in pyproject.toml; CI runs it too.
+lint: setup
+	@bash scripts/lint.sh
 
 up: setup
 	$(TESSERA) --profile $(PROFILE) up

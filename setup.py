@@ -41,7 +41,9 @@ setup(
         "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7",
                 "schemathesis==4.32.5", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
                 # Drives the OS's Chromium (jobs/screenshots.py, tests/test_pages.py); no browser download.
-                "playwright==1.65.2"],
+                "playwright==1.65.2",
+                # The linters .ci/run runs (scripts/lint.sh; configuration in pyproject.toml).
+                "ruff==0.17.6", "mypy==2.4.1"],
     },
     entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
 )
