@@ -16,7 +16,7 @@ test:
 	@bash scripts/setup.sh spark broker s3
 	$(TESSERA) test
 
-# The unit tier only: no service started, about a minute (tiers: docs/testing.md).
+# The unit tier only: no service started (tiers: docs/testing.md).
 test-fast: setup
 	$(TESSERA) test -m unit
 

@@ -22,16 +22,28 @@ from plumbing import services
 from plumbing.config import Config, load_config
 from plumbing.spark import get_spark, jar_paths, s3a_conf
 
-SERVICE_FIXTURES = frozenset({"local_services", "s3_services"})
+# Fixtures that start services: the profiles' shared ones, and test_services' own set.
+SERVICE_FIXTURES = frozenset({"local_services", "s3_services", "isolated_cfg"})
 TIERS = ("unit", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if item.get_closest_marker("e2e") is None:
+        if not (item.get_closest_marker("e2e") or item.get_closest_marker("integration")):
             needs_services = SERVICE_FIXTURES & set(item.fixturenames)
             item.add_marker("integration" if needs_services else "unit")
     items.sort(key=lambda item: next(index for index, tier in enumerate(TIERS) if item.get_closest_marker(tier)))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_service(request, monkeypatch) -> None:
+    """A unit test that starts a service fails, naming the fix: a service fixture, or an
+    explicit ``integration`` marker (a test that asks for one with getfixturevalue)."""
+    if request.node.get_closest_marker("unit"):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} is in the unit tier but starts a service: "
+                                 f"use a service fixture or mark it integration (docs/testing.md)")
+        monkeypatch.setattr(services, "up", refuse)
 
 
 @pytest.fixture(scope="session")

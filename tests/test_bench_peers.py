@@ -34,6 +34,9 @@ from transformations.schemas import SCHEMAS
 from transformations.user_activity import user_activity_features
 from transformations.user_transactions import user_transaction_features
 
+# Integration tier: the benchmarks' peer engines (pandas, DuckDB) on generated data.
+pytestmark = pytest.mark.integration
+
 T0 = datetime(2026, 3, 28, 23, 30, tzinfo=timezone.utc)  # windows cross midnight
 US = timedelta(microseconds=1)
 H = timedelta(hours=1)

@@ -114,6 +114,7 @@ def write_lake(cfg) -> None:
                         storage_options=options)
 
 
+@pytest.mark.integration  # the profile's services, by getfixturevalue
 @pytest.mark.parametrize("profile", ["local", "s3"])
 def test_historical_features_are_point_in_time(profile, request, tmp_path):
     base_cfg = request.getfixturevalue(f"{profile}_services")

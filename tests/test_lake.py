@@ -24,6 +24,9 @@ from plumbing.config import load_config
 from plumbing.lake import MODE_KEY, RANGE_KEY, LakeConflictError, LakeError, LakeSchemaError, LakeTable, table_uri
 from plumbing.storage import delete_tree
 
+# Integration tier: Delta tables on disk and on the S3 endpoint, through the JVM.
+pytestmark = pytest.mark.integration
+
 SCHEMA = "user_id string, event_ts timestamp, amount double"
 WITH_DATE = "user_id string, event_ts timestamp, amount double, event_date string"
 
@@ -41,7 +44,7 @@ def expected(spark, rows, schema=WITH_DATE):
     return spark.createDataFrame(rows, schema)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def table(request, tmp_path) -> Iterator[LakeTable]:
     if request.param == "local":
         yield LakeTable(str(tmp_path / "txn_features"))
