@@ -283,7 +283,11 @@ def run(cfg: Config, tables: list[FeatureTable], as_of: datetime, sample_fractio
     """Check ``tables``; record an MLflow run; return the checks and whether all passed."""
     spark = spark or get_spark(cfg, "consistency-check")
     tracking.configure_tracking(cfg)
-    mlflow.set_experiment(CONSISTENCY_EXPERIMENT)
+    tracking.use_experiment(CONSISTENCY_EXPERIMENT, (
+        "One run per consistency check: the online values in Redis against the batch function over the "
+        "offline events, per table (metrics `<table>.mismatch_rate`, `<table>.entities_checked`, "
+        "`<table>.<feature>.mismatches`; artifact `consistency.json`). A FAILED run found more mismatches "
+        "than allowed."))
     with mlflow.start_run(run_name="consistency_check", tags={"as_of": as_of.isoformat()}):
         mlflow.log_params({"tables": ",".join(table.name for table in tables), "sample_fraction": sample_fraction,
                            "tolerance": tolerance, "max_mismatch_rate": max_mismatch_rate, "seed": seed})

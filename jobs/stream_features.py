@@ -646,10 +646,12 @@ class StreamRun:
 
     def __init__(self, cfg: Config, settings: StreamSettings):
         tracking.configure_tracking(cfg)
-        experiment = mlflow.set_experiment(STREAMING_EXPERIMENT)
+        experiment_id = tracking.use_experiment(STREAMING_EXPERIMENT, (
+            "One run per start of the streaming job: per micro-batch its events (accepted, malformed, too "
+            "late), freshness p50/p99 and the time of each step; tags `source` and `input` say what it read."))
         self.client = MlflowClient()
         self.run_id = self.client.create_run(
-            experiment.experiment_id, run_name="stream_features",
+            experiment_id, run_name="stream_features",
             tags={"checkpoint": str(settings.checkpoint_location), "source": cfg.events.source,
                   "input": source_description(cfg)}).info.run_id
         trigger = ("availableNow" if settings.available_now
