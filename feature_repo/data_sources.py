@@ -1,6 +1,6 @@
 """Where Feast finds each feature table: the Delta table in the lake (offline reads,
 training sets, ``feast materialize``), wrapped in a push source (the streaming job's
-side door: every table is also computed by the stream, see issue 4).
+side door: every table is also computed by the streaming job).
 
 The lake is local or S3, from the active profile. On S3 the profile's endpoint (moto on
 loopback, or none for AWS) goes into ``s3_endpoint_override`` for Feast's own tools; the

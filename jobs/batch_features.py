@@ -249,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.start >= args.end:
+        parser.error(f"--start {args.start} must be before --end {args.end} (the range is [start, end))")
     tables = [name for name in (args.tables or "").split(",") if name] or None
     unknown = set(tables or []) - set(FEATURE_TABLES)
     if unknown:

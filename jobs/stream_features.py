@@ -723,7 +723,7 @@ class MicroBatchProcessor:
             lake_writes += [pool.submit(append_once, dead_letter_table(self.cfg, event_type, "stream"), rows,
                                         DEAD_LETTER_SCHEMA, query_id, batch_id, may_hold_it)
                             for event_type, rows in rejected.items()]
-            online, written_at = WriteResult(), time.time()
+            online = WriteResult()
             features_s = redis_s = 0.0
             feature_input_events = 0
             for write in online_writes:

@@ -158,3 +158,10 @@ def test_the_command_exits_1_and_names_the_failed_expectation(local_run, monkeyp
     assert code == 1, errors[-3000:]
     assert "merchant_features failed validation" in errors
     assert "expect_column_max_to_be_between" in errors
+
+
+def test_a_reversed_range_is_a_usage_error_not_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        batch_features.main(["--start", "2026-12-03", "--end", "2026-11-01"])
+    assert exit_info.value.code == 2
+    assert "--start 2026-12-03 must be before --end 2026-11-01" in capsys.readouterr().err

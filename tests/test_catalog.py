@@ -1,6 +1,9 @@
 """The catalog is the one declaration of each feature table: it must agree with the code."""
 import inspect
+import shutil
+from pathlib import Path
 
+import transformations
 from transformations.catalog import FEATURE_TABLES, definitions_hash
 
 
@@ -16,6 +19,11 @@ def test_feature_names_are_unique_across_tables_and_carry_a_window_or_scope():
     assert all(any(part in name for part in scoped) for name in names), names
 
 
-def test_definitions_hash_is_stable_sha256():
-    assert definitions_hash() == definitions_hash()
-    assert len(definitions_hash()) == 64
+def test_definitions_hash_changes_with_any_definition_and_only_then(tmp_path):
+    package = Path(transformations.__file__).parent
+    copy = tmp_path / "transformations"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert definitions_hash(copy) == definitions_hash() and len(definitions_hash()) == 64
+    merchants = copy / "merchants.py"
+    merchants.write_text(merchants.read_text().replace("1", "2", 1))  # one character of one definition
+    assert definitions_hash(copy) != definitions_hash()

@@ -134,11 +134,11 @@ def spark_schema(table: FeatureTable) -> T.StructType:
     ])
 
 
-def definitions_hash() -> str:
+def definitions_hash(package: Path = Path(__file__).parent) -> str:
     """sha256 of the source of this package's modules (by file name): the lineage of
     every feature value. Any change to a definition changes it."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sorted(package.glob("*.py")):
         digest.update(path.name.encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
