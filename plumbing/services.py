@@ -44,13 +44,15 @@ class ServiceStatus:
     host: str
     port: int
     healthy: bool
+    problem: str | None = None  # why the health check failed, when it raised
 
     def line(self) -> str:
         if not self.enabled:
             return f"{self.name:8s} not used by this profile"
         state = "healthy" if self.healthy else ("running, not answering" if self.pid else "stopped")
         pid = f"pid {self.pid}" if self.pid else "no pid"
-        return f"{self.name:8s} {state:24s} {self.host}:{self.port}  {pid}"
+        because = f"  ({self.problem})" if self.problem and not self.healthy else ""
+        return f"{self.name:8s} {state:24s} {self.host}:{self.port}  {pid}{because}"
 
 
 # ---------------------------------------------------------------- process helpers
@@ -101,6 +103,7 @@ def _executable(name: str) -> str:
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, pid: int, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
+    last_problem = "its health check answered no"
     while time.monotonic() < deadline:
         if not _alive(pid):
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -108,10 +111,10 @@ def _wait(check: Callable[[], bool], timeout_s: float, what: str, pid: int, log:
         try:
             if check():
                 return
-        except Exception:  # not ready yet: connection refused, 503, ...
-            pass
+        except Exception as error:  # not ready yet: connection refused, 503, ...
+            last_problem = f"{type(error).__name__}: {error}"
         time.sleep(0.3)
-    raise ServiceError(f"{what} did not become healthy within {timeout_s:.0f}s; see {log}")
+    raise ServiceError(f"{what} did not become healthy within {timeout_s:.0f}s (last: {last_problem}); see {log}")
 
 
 def _start(cfg: Config, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
@@ -181,13 +184,13 @@ class _Service(ABC):
 
     def status(self) -> ServiceStatus:
         pid = _read_pid(self.cfg, self.name)
-        healthy = False
+        healthy, problem = False, None
         if self.enabled and _port_open(self.host, self.port):
             try:
                 healthy = self.healthy()
-            except Exception:
-                healthy = False
-        return ServiceStatus(self.name, self.enabled, pid, self.host, self.port, healthy)
+            except Exception as error:  # status reports it; it never raises
+                problem = f"{type(error).__name__}: {error}"
+        return ServiceStatus(self.name, self.enabled, pid, self.host, self.port, healthy, problem)
 
     def up(self) -> str:
         if not self.enabled:

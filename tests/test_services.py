@@ -176,3 +176,11 @@ def test_cli_config_error_exits_2_with_message():
                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 2
     assert "unknown profile 'nope'" in out.stderr
+
+
+def test_status_says_why_a_running_service_does_not_answer():
+    status = services.ServiceStatus("redis", True, 4321, "127.0.0.1", 6390, healthy=False,
+                                    problem="AuthenticationError: invalid password")
+    assert "running, not answering" in status.line()
+    assert status.line().endswith("(AuthenticationError: invalid password)")
+    assert "(" not in services.ServiceStatus("redis", True, 4321, "127.0.0.1", 6390, healthy=True).line()
