@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import redis
@@ -60,7 +61,8 @@ def _environ(run_id: str, engine: str, master: str | None) -> dict[str, str]:
 
 # The batch job, then a short stream, in one driver application: a second application
 # would start its own driver and executors again (about a minute on 2 cores) and prove
-# nothing more about the cluster.
+# nothing more about the cluster. A script file, not ``python -c``: under ``-c`` an import
+# of the jobs ends the process with exit 0 ("Skipping doctests", from pyspark's modules).
 ONE_DRIVER = """
 import sys
 from jobs import batch_features, stream_features
@@ -69,12 +71,16 @@ sys.exit(batch_features.main(batch_args) or stream_features.main(stream_args))
 """
 
 
-def _jobs_on_the_cluster(environ: dict[str, str], batch_args: list[str], stream_args: list[str]) -> None:
+def _jobs_on_the_cluster(environ: dict[str, str], folder: Path, batch_args: list[str],
+                         stream_args: list[str]) -> None:
+    script = folder / "one_driver.py"
+    script.write_text(ONE_DRIVER)
     profile = ["--profile", "s3"]
-    result = subprocess.run([sys.executable, "-c", ONE_DRIVER, " ".join(profile + batch_args),
+    result = subprocess.run([sys.executable, str(script), " ".join(profile + batch_args),
                              " ".join(profile + stream_args)], env=environ, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, f"the jobs failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert "batch-features done" in result.stdout, result.stdout[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,7 @@ def runs(s3_services, spark, cluster, run_id, tmp_path_factory):
         redis.Redis(host=cfg.redis.host, port=cfg.redis.port, password=cfg.redis_password(),
                     db=engine_cfg.redis.db).flushdb()
     batch_args = ["--start", START.isoformat(), "--end", END.isoformat(), "--now", NOW.isoformat(), "--no-online"]
-    _jobs_on_the_cluster(environ["cluster"], batch_args,
+    _jobs_on_the_cluster(environ["cluster"], tmp_path_factory.mktemp("cluster-driver"), batch_args,
                          ["--available-now", "--checkpoint", str(checkpoints["cluster"])])
     local = configs["local"]
     assert all(result.published for result in
