@@ -164,9 +164,6 @@ STATUS = "status"
 ACCEPTED, MALFORMED, TOO_LATE = "accepted", "malformed", "too_late"
 
 MAX_BACKOFF_S = 30.0
-# Fault injection for the tests: hold every micro-batch this long after its writes, before
-# Spark commits it, so a test can kill the job between the two. Never set in production.
-PAUSE_BEFORE_COMMIT_S = float(os.environ.get("TESSERA_STREAM_PAUSE_BEFORE_COMMIT_S", "0"))
 
 
 @dataclass(frozen=True)
@@ -735,8 +732,6 @@ class MicroBatchProcessor:
             steps["online"] = time.monotonic() - started - steps["collect"] - steps.get("history", 0.0)
             steps["features"], steps["redis"] = features_s, redis_s
             steps["lake"] = max((write.result() for write in lake_writes), default=0.0)
-        if PAUSE_BEFORE_COMMIT_S:  # fault injection for the tests (see its definition)
-            time.sleep(PAUSE_BEFORE_COMMIT_S)
         if accepted:
             assert self.history is not None  # loaded above when there are accepted events
             self.history.add(accepted)

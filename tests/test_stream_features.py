@@ -253,6 +253,28 @@ def wait_until(condition, what: str, running, output) -> None:
         time.sleep(0.2)
 
 
+# The job, holding each micro-batch 30 s after its writes (Redis, bronze) and before Spark
+# commits it, so the kill lands between the two. The hold is the test's own: it wraps the
+# job's last step before the commit (its progress record) in this process only.
+HELD_JOB = """
+import sys
+import time
+
+from jobs import stream_features as job
+
+progress_record = job.BatchProgress
+
+
+def held(*args, **kwargs):
+    time.sleep(30)
+    return progress_record(*args, **kwargs)
+
+
+job.BatchProgress = held
+sys.exit(job.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("source", ["kafka", "files"])
 def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(spark, env, tmp_path, source):
@@ -261,13 +283,12 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(spark, en
     summary = generate(cfg, events=1000, seed=5, minutes_ago=10, malformed_fraction=0.01)
     log = tmp_path / "job.log"
     limit = ["--max-records-per-trigger", "150"] if source == "kafka" else ["--max-files-per-trigger", "2"]
-    command = [sys.executable, "-m", "jobs.stream_features", "--checkpoint", str(checkpoint(env)),
-               "--trigger-interval-s", "0", *limit]
+    script = tmp_path / "held_job.py"
+    script.write_text(HELD_JOB)
+    command = [sys.executable, str(script), "--checkpoint", str(checkpoint(env)), "--trigger-interval-s", "0", *limit]
     with open(log, "wb") as out:  # its own process group: the job, its JVM and Spark's Python workers
-        # The pause holds each micro-batch after its writes, before its commit: the kill lands there.
         job = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, **env, "TESSERA__SPARK__DRIVER_MEMORY": "1g",
-                                    "TESSERA_STREAM_PAUSE_BEFORE_COMMIT_S": "30"})
+                               env={**os.environ, **env, "TESSERA__SPARK__DRIVER_MEMORY": "1g"})
     online = redis.Redis(port=cfg.redis.port, password=cfg.redis_password())
     try:
         # Mid-batch: the first micro-batch has written Redis and appended its events to bronze,
