@@ -201,7 +201,7 @@ class LakeTable:
         data = rows.select(schema.fieldNames()).cast(to_arrow_schema(schema, timezone="UTC"))
         data = data.append_column(self.partition_column, _utc_dates(data.column(self.time_column)))
         write_id, started_ms = uuid.uuid4().hex, int(time.time() * 1000)
-        metadata = json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: "append", RANGE_KEY: None})
+        metadata = _user_metadata(write_id, "append", None)
         try:
             write_deltalake(self.uri, data, mode="append", partition_by=[self.partition_column],
                             schema_mode="merge", storage_options=self.storage_options,
@@ -220,7 +220,7 @@ class LakeTable:
         from delta.tables import DeltaTable
 
         write_id = uuid.uuid4().hex
-        metadata = json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: "restore", RANGE_KEY: f"version {version}"})
+        metadata = _user_metadata(write_id, "restore", f"version {version}")
         with _SESSION_METADATA_LOCK:
             spark.conf.set(USER_METADATA_CONF, metadata)
             started_ms = int(time.time() * 1000)
@@ -246,8 +246,7 @@ class LakeTable:
         started_ms = int(time.time() * 1000)
         writer = (df.write.format("delta").partitionBy(self.partition_column)
                   .option("mergeSchema", "true")
-                  .option("userMetadata", json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: mode,
-                                                      RANGE_KEY: list(date_range) if date_range else None})))
+                  .option("userMetadata", _user_metadata(write_id, mode, list(date_range) if date_range else None)))
         with self._errors(mode, date_range):
             if date_range is None:
                 writer.mode("append").save(self.uri)
@@ -332,6 +331,11 @@ class _DeltaErrors:
 
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _user_metadata(write_id: str, mode: str, described_range: Any) -> str:
+    """A commit's userMetadata: our write id, mode and range as a JSON object."""
+    return json.dumps({WRITE_ID_KEY: write_id, MODE_KEY: mode, RANGE_KEY: described_range})
 
 
 def _parse_user_metadata(value: Any) -> dict[str, Any]:
