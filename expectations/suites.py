@@ -12,13 +12,14 @@ converts the bound to that same form, so the comparison is right in any ``TZ``.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
 from transformations import schemas
 from transformations.tables import FeatureTable
+from transformations.times import as_utc
 
 # Defaults for the raw-event checks; each can be overridden per call.
 MAX_TRANSACTION_AMOUNT = 1_000_000.0  # one payment above this is a unit or parsing error
@@ -125,6 +126,4 @@ def _row_count_expectation(expected: int | tuple[int, int] | None) -> gxe.Expect
 
 def _driver_local_naive(instant: datetime) -> datetime:
     """The instant as PySpark hands timestamps to the driver: naive, in the local zone."""
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=timezone.utc)
-    return instant.astimezone().replace(tzinfo=None)
+    return as_utc(instant).astimezone().replace(tzinfo=None)

@@ -26,7 +26,6 @@ Exit codes: 0 all tables published; 1 a validation failed (named on stderr); 2 b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from pyspark.sql import functions as F
 from expectations.runner import record_validation, validate
 from expectations.suites import feature_table_suite, raw_events_suite
 from plumbing import tracking
-from plumbing.config import Config, load_config_for_command
+from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.event_tables import (
     ARRIVED_AT,
     BATCH_ID,
@@ -56,6 +55,7 @@ from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES, definitions_hash
 from transformations.schemas import EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, EVENT_TYPES, SCHEMAS
 from transformations.tables import FeatureTable
+from transformations.times import as_utc, utc_midnight
 
 # Every window fits in this much history before the range (the longest is 30 days).
 LOOKBACK = timedelta(days=30)
@@ -78,23 +78,19 @@ class TableResult:
     failures: list[str]
 
 
-def _utc_midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-
-
 # ------------------------------------------------------------------ raw events
 def read_valid_events(spark: SparkSession, cfg: Config, event_type: str, start: date, end: date,
                       now: datetime, max_reject_fraction: float) -> DataFrame:
     """Valid, de-duplicated events of [start - LOOKBACK, end); malformed ones of [start, end)
     go to the dead-letter table. Validates the valid events of the range (MLflow run)."""
-    lookback_start = _utc_midnight(start) - LOOKBACK
-    raw = read_history(spark, cfg, event_type, lookback_start, _utc_midnight(end))
+    lookback_start = utc_midnight(start) - LOOKBACK
+    raw = read_history(spark, cfg, event_type, lookback_start, utc_midnight(end))
     checked = cleaning.validate_typed_events(raw, event_type, now=now).persist(StorageLevel.MEMORY_AND_DISK)
     valid, rejected = cleaning.split_valid(checked)
     valid = cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type])
 
-    in_range = ((F.col("event_time") >= F.lit(_utc_midnight(start)))
-                & (F.col("event_time") < F.lit(_utc_midnight(end))))
+    in_range = ((F.col("event_time") >= F.lit(utc_midnight(start)))
+                & (F.col("event_time") < F.lit(utc_midnight(end))))
     # A row belongs to this run by the date folder it was filed under, else by its time:
     # so a malformed time (far future) is still caught, by exactly one run. A null time
     # outside date folders belongs to no day: every run files it rather than none.
@@ -139,7 +135,7 @@ def write_dead_letters(cfg: Config, event_type: str, rejected: DataFrame, start:
         F.col(cleaning.REJECT_REASON).alias("reject_reason"),
         F.col("event_time"),
         F.lit("batch").alias("source"),
-        F.lit(_utc_midnight(start)).alias("filed_at"),  # the same run files to the same day: re-runs replace
+        F.lit(utc_midnight(start)).alias("filed_at"),  # the same run files to the same day: re-runs replace
         F.current_timestamp().alias("arrived_at"),
     )
     table.write(rows, mode="replace_range", replace_range=(start, end))
@@ -152,8 +148,8 @@ def expected_row_count(table: FeatureTable, sources: dict[str, DataFrame], start
     pairs: DataFrame | None = None
     for event_type in table.sources:
         part = (sources[event_type]
-                .where((F.col("event_time") >= F.lit(_utc_midnight(start)))
-                       & (F.col("event_time") < F.lit(_utc_midnight(end))))
+                .where((F.col("event_time") >= F.lit(utc_midnight(start)))
+                       & (F.col("event_time") < F.lit(utc_midnight(end))))
                 .select(F.col(table.entity_column), F.col("event_time")))
         pairs = part if pairs is None else pairs.unionByName(part)
     assert pairs is not None  # a table has at least one source
@@ -163,8 +159,8 @@ def expected_row_count(table: FeatureTable, sources: dict[str, DataFrame], start
 def compute_table(table: FeatureTable, sources: dict[str, DataFrame], start: date, end: date) -> DataFrame:
     inputs = {event_type: sources[event_type] for event_type in table.sources}
     features = table.build(**inputs)
-    in_range = ((F.col(table.timestamp_column) >= F.lit(_utc_midnight(start)))
-                & (F.col(table.timestamp_column) < F.lit(_utc_midnight(end))))
+    in_range = ((F.col(table.timestamp_column) >= F.lit(utc_midnight(start)))
+                & (F.col(table.timestamp_column) < F.lit(utc_midnight(end))))
     return features.where(in_range).select(*table.columns)
 
 
@@ -178,11 +174,11 @@ def publish_table(cfg: Config, table: FeatureTable, sources: dict[str, DataFrame
         expected = expected_row_count(table, sources, start, end)
         print(f"  {table.name}: {row_count:,} rows computed (expected {expected:,})", flush=True)
         suite = feature_table_suite(table, expected_row_count=expected,
-                                    newest_at_least=_utc_midnight(end) - freshness_tolerance)
+                                    newest_at_least=utc_midnight(end) - freshness_tolerance)
         outcome = validate(features, suite)
         record_validation(outcome, table.name)
         tracking.log_row_count(row_count)
-        tracking.log_time_range(_utc_midnight(start), _utc_midnight(end))
+        tracking.log_time_range(utc_midnight(start), utc_midnight(end))
         tracking.log_schema(features.schema)
         tracking.log_feature_definitions_hash(definitions_hash())
         if not outcome.success:
@@ -232,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batch_features", description=__doc__.split("\n\n")[0],
         epilog="The range is half-open [start, end) in UTC dates.")
-    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
-                        help="config profile or YAML path (default: $TESSERA_PROFILE or local)")
+    add_profile_option(parser)
     parser.add_argument("--start", type=date.fromisoformat, required=True, help="first date, YYYY-MM-DD")
     parser.add_argument("--end", type=date.fromisoformat, required=True, help="date after the last, YYYY-MM-DD")
     parser.add_argument("--tables", help=f"comma-separated subset of: {', '.join(FEATURE_TABLES)}")
@@ -260,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     cfg = load_config_for_command(args.profile, "batch_features")
-    now = args.now.replace(tzinfo=args.now.tzinfo or timezone.utc) if args.now else None
+    now = as_utc(args.now) if args.now else None
     started = time.monotonic()
     try:
         results = run(cfg, args.start, args.end, tables, now=now,

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from plumbing.config import PROFILE_ENV, REPO_ROOT, ConfigError, load_config
+from plumbing.config import PROFILE_ENV, REPO_ROOT, ConfigError, add_profile_option, load_config
 from plumbing.services import SERVICE_NAMES, ServiceError
 
 # subcommand -> (module with main(argv), one-line help)
@@ -70,7 +70,7 @@ def _feast_ui_command(argv: list[str]) -> int:
                     "registry, on 127.0.0.1, in the background: `tessera status` lists it, "
                     "`tessera down` (or `down --only feast-ui`) stops it. Applies feature_repo/ first when "
                     "the profile has no registry yet.")
-    parser.add_argument("--profile", help="config profile name in conf/ or a YAML path")
+    add_profile_option(parser)
     parser.add_argument("--port", type=int, default=services.FeastUiService.DEFAULT_PORT,
                         help=f"port to listen on (default {services.FeastUiService.DEFAULT_PORT})")
     args = parser.parse_args(argv)

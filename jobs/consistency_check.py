@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -48,13 +47,14 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from plumbing import tracking
-from plumbing.config import Config, load_config_for_command
+from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.event_tables import bronze_table
 from plumbing.online_store import EXPIRED, MISSING, PRESENT, OnlineStoreReader
 from plumbing.spark import get_spark
 from transformations.catalog import FEATURE_TABLES, spark_schema
 from transformations.schemas import SCHEMAS
 from transformations.tables import Feature, FeatureTable
+from transformations.times import as_utc
 
 CONSISTENCY_EXPERIMENT = "tessera/consistency-check"
 # Window sums are differences of running totals (transformations.windows.sum_in_last), whose
@@ -328,8 +328,7 @@ def report(checks: list[TableCheck], as_of: datetime) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consistency_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
-                        help="config profile or YAML path (default: $TESSERA_PROFILE or local)")
+    add_profile_option(parser)
     parser.add_argument("--tables", help=f"comma-separated subset of: {', '.join(FEATURE_TABLES)}")
     parser.add_argument("--as-of", type=datetime.fromisoformat,
                         help="the cut-off, ISO-8601 (default: now; without a zone: UTC)")
@@ -352,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"consistency_check: {problem}", file=sys.stderr)
         return 2
     cfg = load_config_for_command(args.profile, "consistency_check")
-    as_of = args.as_of or datetime.now(timezone.utc)
-    as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    as_of = as_utc(args.as_of) if args.as_of else datetime.now(timezone.utc)
     checks, passed = run(cfg, [FEATURE_TABLES[name] for name in names], as_of, args.sample_fraction, args.seed,
                          args.tolerance, args.max_mismatch_rate)
     print(report(checks, as_of))

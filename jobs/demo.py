@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from plumbing import services
-from plumbing.config import Config, load_config
+from plumbing.config import Config, add_profile_option, load_config
 from plumbing.lake import LakeTable, table_uri
 from plumbing.services import FeastUiService
 from plumbing.storage import filesystem_and_root
@@ -175,7 +175,7 @@ def _stream_freshness(log: Path) -> tuple[int, list[float], list[float]]:
 # ------------------------------------------------------------------ the demo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tessera demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"))
+    add_profile_option(parser)
     parser.add_argument("--events", type=int, default=300_000, help="raw events of history (default 300k)")
     parser.add_argument("--days", type=int, default=14, help="days of history (default 14)")
     parser.add_argument("--live-seconds", type=int, default=90, help="how long events arrive live (default 90)")

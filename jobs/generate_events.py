@@ -90,7 +90,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 from tqdm import tqdm
 
-from plumbing.config import Config, load_config
+from plumbing.config import Config, add_profile_option, load_config
 from plumbing.kafka import EventProducer, KafkaError, KafkaTopics, ensure_topics
 from plumbing.lake import filesystem_and_root
 from transformations import cleaning
@@ -104,6 +104,7 @@ from transformations.schemas import (
     SCHEMAS,
     TRANSACTIONS,
 )
+from transformations.times import as_utc
 
 SECOND_MS = 1_000
 MINUTE_MS = 60 * SECOND_MS
@@ -1132,15 +1133,13 @@ def _positive_float(text: str) -> float:
 
 
 def _instant(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return as_utc(dt.datetime.fromisoformat(text))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``history`` and ``live`` subcommands to ``parser`` (its own or the console command's)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
-                        help="config profile for default locations (default: $TESSERA_PROFILE or local)")
+    add_profile_option(common)
     common.add_argument("--seed", type=int, default=42, help="random seed; same seed, same bytes (default 42)")
     common.add_argument("--users", type=_positive_int, help="number of users (history default: events/200; "
                                                             "live default: 1000)")

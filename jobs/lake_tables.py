@@ -22,13 +22,12 @@ of each commit come from its Delta ``userMetadata`` (see ``plumbing.lake``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from plumbing import tracking
-from plumbing.config import Config, load_config_for_command
+from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.lake import MODE_KEY, RANGE_KEY, LakeError, LakeTable, table_uri
 
 RESTORED_FROM_TAG = "restored_from_version"
@@ -109,8 +108,7 @@ def fetch_report(cfg: Config, name: str, version: int | None, out: Path) -> tupl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera table", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
-                        help="config profile or YAML path (default: $TESSERA_PROFILE or local)")
+    add_profile_option(parser)
     sub = parser.add_subparsers(dest="action", required=True, metavar="action")
     show = sub.add_parser("history", help="the table's versions, newest first, with their MLflow runs")
     show.add_argument("table")

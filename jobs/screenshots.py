@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from plumbing.config import PROFILE_ENV, REPO_ROOT, load_config
+from plumbing.config import REPO_ROOT, add_profile_option, load_config
 
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
 VIEWPORT = {"width": 1400, "height": 820}
@@ -223,7 +223,7 @@ def api_server(profile: str, port: int, env: dict[str, str] | None = None, timeo
 # ---------------------------------------------------------------- the command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tessera screenshots", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "local"))
+    add_profile_option(parser)
     parser.add_argument("--out", type=Path, default=IMAGES_DIR, help=f"folder of the images (default {IMAGES_DIR})")
     args = parser.parse_args(argv)
     cfg = load_config(args.profile)

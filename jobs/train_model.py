@@ -44,7 +44,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from unittest import mock
 
 import mlflow
@@ -68,10 +68,11 @@ from sklearn.preprocessing import OrdinalEncoder
 from threadpoolctl import threadpool_limits
 
 from plumbing import training_sets
-from plumbing.config import Config, load_config_for_command
+from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.spark import get_spark
 from plumbing.tracking import configure_tracking, use_experiment
 from transformations.catalog import FEATURE_TABLES, definitions_hash
+from transformations.times import utc_midnight
 
 EXPERIMENT = "tessera/fraud-model"
 MODEL_NAME = "tessera-fraud"
@@ -119,7 +120,7 @@ class Scores:
 def build(spark: SparkSession, cfg: Config, start: date, end: date, maturity: timedelta, feature_service: str,
           versions: dict[str, int] | None) -> tuple[DataFrame, dict[str, int]]:
     """The labelled training set of [start, end) and the table versions it read."""
-    labels = training_sets.labelled_transactions(spark, cfg, _midnight(start), _midnight(end), maturity)
+    labels = training_sets.labelled_transactions(spark, cfg, utc_midnight(start), utc_midnight(end), maturity)
     return training_sets.build_training_set(spark, cfg, labels, feature_service, versions)
 
 
@@ -423,10 +424,6 @@ def _resolve_range(spark: SparkSession, cfg: Config, start: date | None, end: da
     return start, end
 
 
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-
-
 def _versions(text: str) -> dict[str, int]:
     versions = {}
     for item in filter(None, text.split(",")):
@@ -441,8 +438,7 @@ def _versions(text: str) -> dict[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_model", description=__doc__.split("\n\n")[0],
                                      epilog="Dates are UTC; the range is half-open [start, end).")
-    parser.add_argument("--profile", default=os.environ.get("TESSERA_PROFILE", "local"),
-                        help="config profile or YAML path (default: $TESSERA_PROFILE or local)")
+    add_profile_option(parser)
     parser.add_argument("--start", type=date.fromisoformat,
                         help="first transaction date (default: the history's second day)")
     parser.add_argument("--end", type=date.fromisoformat,

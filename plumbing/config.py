@@ -15,6 +15,7 @@ key and the file (or the environment variable) it came from.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 ENV_PREFIX = "TESSERA__"
 PROFILE_ENV = "TESSERA_PROFILE"
+# The S3 key and secret used with a profile's own endpoint when the environment has none
+# (moto accepts any): Config.s3_keys.
+FALLBACK_S3_KEY = "testing"
 
 
 class ConfigError(ValueError):
@@ -165,14 +169,22 @@ class Config(_Section):
         if not (uri or self.lake.root).startswith(("s3://", "s3a://")):
             return {}
         opts = {"AWS_REGION": self.s3.region}
-        key, secret = os.environ.get(self.s3.access_key_env), os.environ.get(self.s3.secret_key_env)
         if self.s3.endpoint_url:
             opts.update(AWS_ENDPOINT_URL=self.s3.endpoint_url, AWS_ALLOW_HTTP="true")
-            # moto accepts any key; real endpoints need the environment's.
-            key, secret = key or "testing", secret or "testing"
+        key, secret = self.s3_keys()
         if key and secret:
             opts.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
         return opts
+
+    def s3_keys(self) -> tuple[str | None, str | None]:
+        """The S3 access key and secret, from the environment variables the profile names.
+        The one place of the fallback: a profile with an ``endpoint_url`` (moto locally)
+        gets ``"testing"`` for a missing key, as moto accepts any; against AWS itself a
+        missing key stays None, so the SDK's own credential chain applies."""
+        key, secret = os.environ.get(self.s3.access_key_env), os.environ.get(self.s3.secret_key_env)
+        if self.s3.endpoint_url:
+            key, secret = key or FALLBACK_S3_KEY, secret or FALLBACK_S3_KEY
+        return key, secret
 
     def kafka_bootstrap_servers(self) -> str:
         """``events.kafka_bootstrap_servers``, or the local broker's address when it is unset."""
@@ -268,6 +280,14 @@ def load_config(profile_or_path: str | os.PathLike[str] | None = None,
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{key}: {message}{got} [in {source}]")
         raise ConfigError(f"invalid configuration {path}:\n  " + "\n  ".join(problems)) from None
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--profile`` option, as every command line spells it: a profile name in conf/ or
+    a YAML path; by default ``$TESSERA_PROFILE``, else ``local`` (read when the parser is
+    built, so ``tessera --profile X <command>`` reaches the command's own parser)."""
+    parser.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "local"),
+                        help=f"config profile name in conf/ or a YAML path (default: ${PROFILE_ENV} or local)")
 
 
 def load_config_for_command(profile_or_path: str | os.PathLike[str] | None, program: str) -> Config:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from plumbing.config import PROFILE_ENV, REPO_ROOT, Config, load_config
+from plumbing.config import PROFILE_ENV, REPO_ROOT, Config, add_profile_option, load_config
 from plumbing.online_store import FEAST_PROJECT
 
 REPO_DIR = REPO_ROOT / "feature_repo"
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plumbing.feast_repo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["apply", "materialize", "serve"])
-    parser.add_argument("--profile", help="config profile name in conf/ or a YAML path")
+    add_profile_option(parser)
     parser.add_argument("--host", default="127.0.0.1", help="serve: address to listen on")
     parser.add_argument("--port", type=int, default=6566, help="serve: port")
     # Any other option goes to the feast command as is, e.g. `serve --workers 2`.

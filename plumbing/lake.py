@@ -75,7 +75,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import delta.exceptions as delta_errors
@@ -94,6 +94,7 @@ from plumbing.config import Config
 
 # Not used here: jobs/generate_events.py and notebooks/01 import it from this module.
 from plumbing.storage import filesystem_and_root  # noqa: F401
+from transformations.times import as_utc, utc_midnight
 
 WriteMode = Literal["append", "replace_range"]
 DateLike = date | str
@@ -414,8 +415,4 @@ def _utc_dates(times: pa.ChunkedArray) -> pa.ChunkedArray:
 def _as_utc_datetime(value: TimeLike) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):  # a date: its midnight in UTC
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    return as_utc(value) if isinstance(value, datetime) else utc_midnight(value)

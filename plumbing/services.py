@@ -326,8 +326,8 @@ class MlflowService(_Service):
                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         if self.cfg.s3.endpoint_url and self.cfg.mlflow.artifacts_uri.startswith("s3://"):
             env["MLFLOW_S3_ENDPOINT_URL"] = self.cfg.s3.endpoint_url
-            env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get(self.cfg.s3.access_key_env, "testing"))
-            env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get(self.cfg.s3.secret_key_env, "testing"))
+            key, secret = self.cfg.s3_keys()  # never None with an endpoint_url
+            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = str(key), str(secret)
             env["AWS_DEFAULT_REGION"] = self.cfg.s3.region
         return env
 

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 
 import mlflow
 from mlflow import MlflowClient
@@ -32,6 +32,7 @@ from mlflow.tracking.fluent import ActiveRun
 from pyspark.sql.types import StructType
 
 from plumbing.config import Config
+from transformations.times import as_utc
 
 FEATURE_TABLES_EXPERIMENT = "tessera/feature-tables"
 TABLE_TAG = "table"
@@ -162,7 +163,7 @@ def log_row_count(row_count: int) -> None:
 def log_time_range(start: datetime, end: datetime) -> None:
     """The computed range of event time; naive datetimes are taken as UTC."""
     _require_active_run()
-    mlflow.set_tags({"range_start": _utc_iso(start), "range_end": _utc_iso(end)})
+    mlflow.set_tags({"range_start": as_utc(start).isoformat(), "range_end": as_utc(end).isoformat()})
 
 
 def log_schema(schema: StructType) -> None:
@@ -202,12 +203,6 @@ def _require_active_run() -> None:
 
 def _fit_tag(text: str) -> str:
     return text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 1] + "…"
-
-
-def _utc_iso(instant: datetime) -> str:
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=timezone.utc)
-    return instant.astimezone(timezone.utc).isoformat()
 
 
 def _quoted(value: str) -> str:

@@ -64,6 +64,7 @@ from transformations.catalog import FEATURE_TABLES
 from transformations.on_demand import amount_to_mean_ratio
 from transformations.schemas import CHARGEBACKS, EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, TRANSACTIONS
 from transformations.tables import FeatureTable
+from transformations.times import as_utc
 
 EVENT_TIME = "event_time"   # the labelled events' time: features are taken as of it
 LABEL = "label"
@@ -304,7 +305,7 @@ def labelled_transactions(spark: SparkSession, cfg: Config, start: datetime, end
     history ends before ``end + maturity``: the last transactions' chargebacks could not
     have arrived yet, so their zeros would be unknowns.
     """
-    start, end = _utc(start), _utc(end)
+    start, end = as_utc(start), as_utc(end)
     label_cutoff = end + maturity
     _, history_end = history_bounds(spark, cfg)
     if history_end is None or history_end < label_cutoff:
@@ -354,9 +355,3 @@ def _from_micros(micros: int) -> datetime:
     back in the driver's local zone; integers do not.)"""
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)
 
-
-def _utc(instant: datetime) -> datetime:
-    """Naive datetimes are UTC (the Spark session's zone); aware ones are converted."""
-    if instant.tzinfo is None:
-        return instant.replace(tzinfo=timezone.utc)
-    return instant.astimezone(timezone.utc)

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from plumbing.config import PROFILE_ENV, Config, ConfigError, load_config
+from plumbing.config import PROFILE_ENV, Config, ConfigError, add_profile_option, load_config
 from plumbing.online_store import FEAST_PROJECT, OnlineStoreReader, RedisSettings
 from serving import metrics
 from serving.dependencies import ModelNotLoaded, RequestTimeout
@@ -218,8 +218,7 @@ class BodySizeLimit:
 # ---- running it ---------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "local"),
-                        help=f"config profile or YAML path (default: ${PROFILE_ENV} or local)")
+    add_profile_option(parser)
     parser.add_argument("--host", help="address to listen on (default: serving.host)")
     parser.add_argument("--port", type=int, help="port (default: serving.port)")
     parser.add_argument("--workers", type=int, help="worker processes (default: serving.workers)")

@@ -1,9 +1,10 @@
 """The config loader: profiles load, overrides apply, and every error names key and file."""
+import argparse
 from pathlib import Path
 
 import pytest
 
-from plumbing.config import REPO_ROOT, ConfigError, load_config
+from plumbing.config import REPO_ROOT, ConfigError, add_profile_option, load_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -84,3 +85,29 @@ def test_storage_options_point_at_the_local_endpoint_for_s3_profile():
     opts = load_config("s3", environ={}).storage_options()
     assert opts["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9010"
     assert opts["AWS_ALLOW_HTTP"] == "true"
+
+
+def test_s3_keys_fall_back_only_with_the_profiles_own_endpoint(monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    local_endpoint = load_config("s3", environ={})
+    assert local_endpoint.s3_keys() == ("testing", "testing")
+    assert local_endpoint.storage_options()["AWS_ACCESS_KEY_ID"] == "testing"
+    aws = load_config(REPO_ROOT / "conf/production.example.yaml", environ={})
+    assert aws.s3.endpoint_url is None
+    assert aws.s3_keys() == (None, None)  # boto3's and Hadoop's own credential chains apply
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert local_endpoint.s3_keys() == ("key", "secret")
+
+
+def test_profile_option_defaults_to_the_environments_profile(monkeypatch):
+    monkeypatch.setenv("TESSERA_PROFILE", "s3")
+    parser = argparse.ArgumentParser()
+    add_profile_option(parser)
+    assert parser.parse_args([]).profile == "s3"
+    assert parser.parse_args(["--profile", "local"]).profile == "local"
+    monkeypatch.delenv("TESSERA_PROFILE")
+    parser = argparse.ArgumentParser()
+    add_profile_option(parser)
+    assert parser.parse_args([]).profile == "local"
