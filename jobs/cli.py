@@ -34,6 +34,12 @@ JOBS = {
     "screenshots": ("jobs.screenshots", "check the API docs, Feast UI and MLflow pages in Chromium; "
                                         "images to docs/images"),
 }
+SERVICE_ACTIONS = {"up": "start the local services (idempotent)",
+                   "down": "stop the local services; leaves no process behind",
+                   "status": "show the local services and their health"}
+SCRIPTS = {"test": "run the test suite", "bench": "run the benchmarks"}
+# Every subcommand, in the order of the help: main splits the command line at the first of them.
+COMMANDS = [*SERVICE_ACTIONS, *JOBS, *SCRIPTS]
 
 
 def _service_command(action: str, argv: list[str]) -> int:
@@ -109,14 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help=f"config profile name in conf/ or a YAML path "
                                            f"(default: ${PROFILE_ENV} or 'local')")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for action, text in (("up", "start the local services (idempotent)"),
-                         ("down", "stop the local services; leaves no process behind"),
-                         ("status", "show the local services and their health")):
-        sub.add_parser(action, help=text, add_help=False)
-    for name, (_, text) in JOBS.items():
-        sub.add_parser(name, help=text, add_help=False)
-    sub.add_parser("test", help="run the test suite", add_help=False)
-    sub.add_parser("bench", help="run the benchmarks", add_help=False)
+    helps = {**SERVICE_ACTIONS, **{name: text for name, (_, text) in JOBS.items()}, **SCRIPTS}
+    for name in COMMANDS:
+        # No options of its own: the rest of the line goes to the command's own parser.
+        sub.add_parser(name, help=helps[name], add_help=False)
     return parser
 
 
@@ -124,16 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Split at the subcommand: options before it are ours, the rest belong to it.
-    # argparse's private attributes, typed Optional; build_parser sets both.
-    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr, arg-type]
-    split = next((i for i, arg in enumerate(argv) if arg in commands), len(argv))
+    split = next((i for i, arg in enumerate(argv) if arg in COMMANDS), len(argv))
     args = parser.parse_args(argv[: split + 1])
     rest = argv[split + 1:]
     if args.profile:
         os.environ[PROFILE_ENV] = args.profile
     if not args.command:
-        parser.print_help()
-        return 2
+        parser.error(f"a command is required, one of: {', '.join(COMMANDS)} (tessera --help says what each does)")
     try:
         if args.command in ("up", "down", "status"):
             return _service_command(args.command, rest)

@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from plumbing import services
-from plumbing.config import Config, add_profile_option, load_config
+from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.lake import LakeTable, table_uri
 from plumbing.services import FeastUiService
 from plumbing.storage import filesystem_and_root
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--fresh", action="store_true", help="regenerate the history even if present")
     args = parser.parse_args(argv)
-    cfg = load_config(args.profile)
+    if min(args.events, args.days, args.live_rate) <= 0 or args.live_seconds < 0:
+        parser.error("--events, --days and --live-rate must be positive, --live-seconds not negative")
+    cfg = load_config_for_command(args.profile, "demo")
     started = time.monotonic()
     try:
         summary = _run(cfg, args)

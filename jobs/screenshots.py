@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from plumbing.config import REPO_ROOT, add_profile_option, load_config
+from plumbing.config import REPO_ROOT, add_profile_option, load_config_for_command
 
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
 VIEWPORT = {"width": 1400, "height": 820}
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     add_profile_option(parser)
     parser.add_argument("--out", type=Path, default=IMAGES_DIR, help=f"folder of the images (default {IMAGES_DIR})")
     args = parser.parse_args(argv)
-    cfg = load_config(args.profile)
+    cfg = load_config_for_command(args.profile, "screenshots")
 
     from plumbing import feast_repo, services, tracking
     from plumbing.lake import LakeTable

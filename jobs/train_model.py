@@ -463,7 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.start and args.end and args.start >= args.end:  # refused before a Spark session starts
+        parser.error(f"--start {args.start} must be before --end {args.end} (the range is [start, end))")
     cfg = load_config_for_command(args.profile, "train_model")
     try:
         return run(cfg, args)

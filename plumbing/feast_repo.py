@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from plumbing.config import PROFILE_ENV, REPO_ROOT, Config, add_profile_option, load_config
+from plumbing.config import PROFILE_ENV, REPO_ROOT, Config, add_profile_option, load_config_for_command
 from plumbing.online_store import FEAST_PROJECT
 
 REPO_DIR = REPO_ROOT / "feature_repo"
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=6566, help="serve: port")
     # Any other option goes to the feast command as is, e.g. `serve --workers 2`.
     args, feast_options = parser.parse_known_args(argv)
-    cfg = load_config(args.profile)
+    cfg = load_config_for_command(args.profile, "feast_repo")
     feast_args = {
         "apply": ["apply"],
         "materialize": ["materialize-incremental", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")],
