@@ -10,7 +10,7 @@ Rows are `user_transaction_features` (the widest view: 21 features, some null), 
 per user with a random event time in the last day. Each round clears both projects' keys
 and writes all rows with Feast, then with the writer (the order alternates by round); the
 best round of each counts, which damps the noise of a shared 2-core machine. Also
-measured: the writer replaying the same rows (every row skipped as not newer), and the CPU
+measured: the writer given the same rows one second older (every row skipped), and the CPU
 per row of the client and of Redis (INFO cpu), since Redis is the one resource all writers share.
 Results: bench/results/online_writer.json and .md.
 """
@@ -120,8 +120,8 @@ def main() -> int:
                 runs[name].append(timed(client, write[name]))
                 print(f"round {round_number + 1}, {name}: {args.rows / runs[name][-1]['seconds']:,.0f} rows/s",
                       flush=True)
-        replayed = []
-        replay = timed(client, lambda: replayed.append(writer.write(TABLE, rows)))
+        older, skipped = rows.assign(event_timestamp=rows["event_timestamp"] - pd.Timedelta(seconds=1)), []
+        replay = timed(client, lambda: skipped.append(writer.write(TABLE, older)))
         different = compare_hashes(client, rows[TABLE.entity_column].tolist())
     clear_project(client, FEAST_PROJECT)
     clear_project(client, WRITER_PROJECT)
@@ -136,8 +136,8 @@ def main() -> int:
         "table": TABLE.name, "features": len(TABLE.features), "rows": args.rows, "rounds": args.rounds,
         "feast_rows_per_s": round(feast_rate), "writer_rows_per_s": round(writer_rate),
         "ratio": round(writer_rate / feast_rate, 2),
-        "writer_replay_rows_per_s": round(args.rows / replay["seconds"]),
-        "writer_replay_skipped": replayed[0].skipped_older,
+        "writer_older_rows_per_s": round(args.rows / replay["seconds"]),
+        "writer_older_skipped": skipped[0].skipped_older,
         "cpu_us_per_row": {name: {"client": round(1e6 * run["client_cpu_seconds"] / args.rows, 1),
                                   "redis": round(1e6 * run["redis_cpu_seconds"] / args.rows, 1)}
                            for name, run in (("feast", best_feast), ("writer", best_writer))},
@@ -156,7 +156,7 @@ def main() -> int:
         "| writer | rows/s | client CPU µs/row | Redis CPU µs/row |\n|---|---:|---:|---:|\n"
         f"| Feast `write_to_online_store` | {feast_rate:,.0f} | {cpu['feast']['client']} | {cpu['feast']['redis']} |\n"
         f"| `OnlineStoreWriter` | {writer_rate:,.0f} | {cpu['writer']['client']} | {cpu['writer']['redis']} |\n"
-        f"| `OnlineStoreWriter`, replay (all skipped) | {result['writer_replay_rows_per_s']:,} | | |\n\n"
+        f"| `OnlineStoreWriter`, older rows (all skipped) | {result['writer_older_rows_per_s']:,} | | |\n\n"
         f"Ratio: **{result['ratio']}x** Feast. Hashes byte-identical: "
         f"{args.rows - different:,} of {args.rows:,}. Feast is bound by its Python client; the "
         f"writer by Redis, where its atomic newest-wins script costs "

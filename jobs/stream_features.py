@@ -26,7 +26,7 @@ handles each micro-batch, the same code whatever the source:
    get 7 of the merchants' 30 days, the rest folded into the lifetime baseline;
    merchants get their events near the 30-day windows' edges one by one and the rest
    as one precounted row per merchant (``online_rows``). The rows at each entity's
-   newest new instant come back (the window rule of ``transformations``), so online
+   newest instant come back (the window rule of ``transformations``), so online
    values are batch values;
 3. online: those rows -> Redis in Feast's layout, pipelined from the driver
    (``plumbing.online_store``: a row is stored only if newer than the stored one);
@@ -80,9 +80,11 @@ Late events
     accepted: it lands in bronze and counts in every row computed from then on (its own,
     and those of its entity's later events). An older one is not applied: it goes to the
     dead-letter table with reason ``too_late``, raw record kept, for a backfill.
-    Online, an accepted late event shows at once unless its entity already has a newer
-    row in Redis: the writer never replaces a stored row of the same instant, so such an
-    entity's online value includes the late event from its next event on.
+    Online, an accepted late event shows at once: if its entity already has a newer event,
+    the entity's row at that newest instant is recomputed with the late event and replaces
+    the stored row of the same instant. (A Kafka micro-batch ends at an offset per
+    partition, so events of one merchant, spread over partitions by user, reach the job out
+    of order as a matter of course: without this, merchants' rows would miss them.)
 
     Valid events may lie at most ``--max-future-s`` ahead of the micro-batch's clock (5
     minutes, against cleaning's 1 day for the batch job): one event a day ahead would
@@ -515,10 +517,13 @@ def merge_baselines(first: pa.Table, second: pa.Table) -> pa.Table:
 def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
                 new_events: dict[str, pa.Table]) -> tuple[pa.Table, int]:
     """The rows of ``table`` to store online for ``new_events`` (accepted events by type):
-    per entity of them, its row at the newest of its new instants, computed by the
+    per entity of them, its row at its newest instant, computed by the
     table's catalog function (the batch job's, unchanged) over the entity's history and
     the new events. One Spark job. Also returns how many rows went into it (events, and
     the rows standing for counted ones): the job's cost grows with them.
+
+    An entity that already has a newer event than its new ones (they are late) gets its
+    row at that newest instant, recomputed with them.
 
     The history goes in whole where a window could end inside it, and condensed where
     every wanted window holds it: a user's transactions older than the 7-day windows as
@@ -528,18 +533,25 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
     entity, timestamp = table.entity_column, table.timestamp_column
     instants = pa.concat_tables([new_events[event_type].select([entity, EVENT_TIME])
                                  for event_type in table.sources if event_type in new_events])
-    newest = instants.group_by(entity).aggregate([(EVENT_TIME, "max")])
+    entities = pc.unique(instants[entity].combine_chunks())
+    first_new = pc.min(instants[EVENT_TIME]).as_py()
+    histories = {event_type: history.of(event_type, entity, entities) for event_type in table.sources}
+    # A late event's entity may have a newer event already, and a row at it in Redis: the
+    # wanted row is then the one at that newer instant, recomputed with the late event (the
+    # writer lets a row replace the stored row of the same instant).
+    later = [events.filter(pc.invert(_before(events, first_new))).select([entity, EVENT_TIME])
+             for events in histories.values()]
+    newest = pa.concat_tables([instants, *later]).group_by(entity).aggregate([(EVENT_TIME, "max")])
     newest = pa.table({entity: newest[entity], timestamp: newest[f"{EVENT_TIME}_max"]})
-    entities = newest[entity].combine_chunks()
-    # Every wanted row lies in [first_new, last_new], so its window starts after
-    # first_new - ttl and holds everything in (last_new - ttl, first_new).
-    first_new, last_new = pc.min(instants[EVENT_TIME]).as_py(), pc.max(instants[EVENT_TIME]).as_py()
+    # Every wanted row lies in [first_new, last_wanted], so its window starts after
+    # first_new - ttl and holds everything in (last_wanted - ttl, first_new).
+    last_wanted = pc.max(newest[timestamp]).as_py()
     window_start = first_new - table.ttl
     inputs, input_rows = {}, 0
     baseline = history.baseline_of(entities) if table is USER_TRANSACTION_FEATURES else None
     precounted = []
     for event_type in table.sources:
-        events = history.of(event_type, entity, entities)
+        events = histories[event_type]
         if table is USER_TRANSACTION_FEATURES:
             is_old = _before(events, window_start)
             baseline = merge_baselines(baseline, lifetime_totals(events.filter(is_old)))
@@ -547,7 +559,7 @@ def online_rows(spark: SparkSession, table: FeatureTable, history: EventHistory,
         if table is MERCHANT_FEATURES:
             # Events no wanted window holds count in none of its running totals' differences.
             events = events.filter(pc.invert(_before(events, window_start, inclusive=True)))
-            inside_every_window = pc.and_(pc.invert(_before(events, last_new - table.ttl, inclusive=True)),
+            inside_every_window = pc.and_(pc.invert(_before(events, last_wanted - table.ttl, inclusive=True)),
                                           _before(events, first_new))
             precounted.append(count_events(events.filter(inside_every_window), event_type))
             events = events.filter(pc.invert(inside_every_window))

@@ -25,13 +25,15 @@ and pinned byte for byte against Feast by ``tests/test_online_store.py``)
   ``google.protobuf.Timestamp`` to the microsecond (Feast converts through datetime).
   Fields go in Feast's order (timestamp, then features), so even HGETALL's order matches.
 
-Writes: newer wins, atomically
-------------------------------
-The Lua script :data:`WRITE_IF_NEWER_LUA` compares each row's event time with the stored
-``_ts:<view>`` of its entity and writes the row only when it is strictly newer (Feast's
-rule), inside Redis. So an older value never overwrites a newer one, concurrent writers
-cannot interleave, and replaying a micro-batch changes nothing (equal times are
-skipped; so is a recomputed row with an unchanged event time). One ``EVALSHA`` carries
+Writes: an older row never wins, atomically
+-------------------------------------------
+The Lua script :data:`WRITE_UNLESS_OLDER_LUA` compares each row's event time with the
+stored ``_ts:<view>`` of its entity and writes the row unless it is older, inside Redis.
+So an older value never overwrites a newer one and concurrent writers cannot interleave.
+A row of the same instant does replace the stored one (Feast's rule is strictly newer):
+the stream recomputes an entity's newest row when a late event for it arrives, and that
+later computation has seen every event the earlier one had. Replaying a micro-batch
+writes the same values again. One ``EVALSHA`` carries
 ``ROWS_PER_SCRIPT`` rows (a call per row costs Redis several times more); calls go out
 pipelined, ``batch_size`` rows per round trip, the next chunk encoded while Redis works
 on the previous one. A call's keys need not share a hash slot, so this is for a single
@@ -174,12 +176,13 @@ def decode_timestamp(data: bytes) -> datetime:
 
 
 # ---- the atomic write -----------------------------------------------------------------
-WRITE_IF_NEWER_LUA = """
--- Writes rows of one feature view, each only if newer than the stored row of its entity.
+WRITE_UNLESS_OLDER_LUA = """
+-- Writes rows of one feature view, each unless older than the stored row of its entity
+-- (a row of the same instant replaces it: it was recomputed with a late event).
 -- KEYS: one entity hash per row.
 -- ARGV: "_ts:<view>", the number of features F, the F feature fields; then per row: the
 --       serialized Timestamp, the unix ms when the row stops being valid, F serialized values.
--- Returns how many rows were written (the others were as new as, or older than, the stored one).
+-- Returns how many rows were written (the others were older than the stored one).
 local function decode_timestamp(bytes)
   -- google.protobuf.Timestamp: field 1 seconds (tag 8), field 2 nanos (tag 16), varints.
   local seconds, nanos, i = 0, 0, 1
@@ -198,10 +201,10 @@ local function decode_timestamp(bytes)
   return seconds, nanos
 end
 
-local function is_newer(new_bytes, stored_bytes)
+local function is_older(new_bytes, stored_bytes)
   local new_seconds, new_nanos = decode_timestamp(new_bytes)
   local old_seconds, old_nanos = decode_timestamp(stored_bytes)
-  return new_seconds > old_seconds or (new_seconds == old_seconds and new_nanos > old_nanos)
+  return new_seconds < old_seconds or (new_seconds == old_seconds and new_nanos < old_nanos)
 end
 
 local ts_field = ARGV[1]
@@ -218,7 +221,7 @@ for row = 1, #KEYS do
   local key = KEYS[row]
   local at = 3 + feature_count + (row - 1) * args_per_row  -- this row's Timestamp
   local stored = redis.call('HGET', key, ts_field)
-  if not stored or is_newer(ARGV[at], stored) then
+  if not stored or not is_older(ARGV[at], stored) then
     hset[2], hset[4] = key, ARGV[at]
     for f = 1, feature_count do
       hset[4 + 2 * f] = ARGV[at + 1 + f]
@@ -235,7 +238,7 @@ for row = 1, #KEYS do
 end
 return written
 """
-WRITE_IF_NEWER_SHA = hashlib.sha1(WRITE_IF_NEWER_LUA.encode()).hexdigest()
+WRITE_UNLESS_OLDER_SHA = hashlib.sha1(WRITE_UNLESS_OLDER_LUA.encode()).hexdigest()
 
 
 # ---- connections ------------------------------------------------------------------------
@@ -312,7 +315,7 @@ class _View:
 @dataclass
 class WriteResult:
     written: int = 0
-    skipped_older: int = 0    # the stored row was as new or newer (replays land here)
+    skipped_older: int = 0    # the stored row was newer
     skipped_expired: int = 0  # already past the view's ttl when written
 
     def __add__(self, other: WriteResult) -> WriteResult:
@@ -374,7 +377,7 @@ def _encode_chunk(view: _View, chunk: pa.Table, now_ms: int) -> _Chunk:
 
     # Loaded ahead of the EVALSHAs on the same connection: after a Redis restart the
     # script cache is empty, and this keeps the writer working without a retry path.
-    commands: list[tuple] = [("SCRIPT", "LOAD", WRITE_IF_NEWER_LUA)]
+    commands: list[tuple] = [("SCRIPT", "LOAD", WRITE_UNLESS_OLDER_LUA)]
     rows_sent = skipped_expired = 0
     call_keys: list[bytes] = []
     call_args: list = []
@@ -387,17 +390,17 @@ def _encode_chunk(view: _View, chunk: pa.Table, now_ms: int) -> _Chunk:
         call_args += (encode_timestamp(micros), expires_at_ms)
         call_args += values
         if len(call_keys) == ROWS_PER_SCRIPT:
-            commands.append(("EVALSHA", WRITE_IF_NEWER_SHA, len(call_keys), *call_keys, *header, *call_args))
+            commands.append(("EVALSHA", WRITE_UNLESS_OLDER_SHA, len(call_keys), *call_keys, *header, *call_args))
             rows_sent += len(call_keys)
             call_keys, call_args = [], []
     if call_keys:
-        commands.append(("EVALSHA", WRITE_IF_NEWER_SHA, len(call_keys), *call_keys, *header, *call_args))
+        commands.append(("EVALSHA", WRITE_UNLESS_OLDER_SHA, len(call_keys), *call_keys, *header, *call_args))
         rows_sent += len(call_keys)
     return _Chunk(commands, rows_sent, skipped_expired)
 
 
 class OnlineStoreWriter:
-    """Writes feature rows to Redis in Feast's layout; a newer stored row always wins.
+    """Writes feature rows to Redis in Feast's layout; an older row never replaces a newer one.
 
     Cheap to build and to pickle (it holds only connection settings), so build it on the
     driver and use it inside ``foreachBatch``, ``foreachPartition`` or ``mapInArrow``:

@@ -193,15 +193,15 @@ def test_older_rows_never_overwrite_newer_ones(cfg, projects):
     result = writer.write(ACTIVITY, [row("order-1", 20, 2)])  # older
     assert (result.written, result.skipped_older) == (0, 1) and stored_logins("order-1") == 1
     assert writer.write(ACTIVITY, [row("order-1", 5, 3)]).written == 1 and stored_logins("order-1") == 3
-    # Same event time, other values: skipped (a replay must never change anything).
-    assert writer.write(ACTIVITY, [row("order-1", 5, 4)]).skipped_older == 1 and stored_logins("order-1") == 3
+    # Same event time, other values: replaces (the stream recomputed it with a late event).
+    assert writer.write(ACTIVITY, [row("order-1", 5, 4)]).written == 1 and stored_logins("order-1") == 4
     # Within one batch, in either order, the newest row stays.
     writer.write(ACTIVITY, [row("order-2", 1, 7), row("order-2", 9, 8)])
     writer.write(ACTIVITY, [row("order-3", 9, 8), row("order-3", 1, 7)])
     assert stored_logins("order-2") == stored_logins("order-3") == 7
 
 
-def test_a_replay_changes_nothing(cfg, projects, client):
+def test_a_replay_leaves_the_same_bytes(cfg, projects, client):
     writer = OnlineStoreWriter(cfg, project=projects["misc"], batch_size=64)  # several round trips
     rows = random_rows(TXN, [f"replay-{i}" for i in range(300)], np.random.default_rng(6))
     assert writer.write(TXN, rows).written == 300
@@ -212,9 +212,9 @@ def test_a_replay_changes_nothing(cfg, projects, client):
 
     before = snapshot()
     replayed = writer.write(TXN, pa.RecordBatch.from_pandas(rows, preserve_index=False))  # Arrow, as in mapInArrow
-    assert (replayed.written, replayed.skipped_older) == (0, 300)
+    assert (replayed.written, replayed.skipped_older) == (300, 0)  # same instants: written again
     replayed = writer.write(TXN, rows.to_dict("records"))  # plain dicts
-    assert (replayed.written, replayed.skipped_older) == (0, 300)
+    assert (replayed.written, replayed.skipped_older) == (300, 0)
     assert snapshot() == before
 
 

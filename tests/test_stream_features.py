@@ -238,9 +238,8 @@ def test_late_events_within_the_lateness_count_later_ones_are_dead_letters(spark
     # u1's row at t0+50s counts the late a3; u2 never counted b2.
     assert [u1[ref].value for ref in refs] == [4, 4] and u1[refs[0]].event_time == t0 + timedelta(seconds=50)
     assert [u2[ref].value for ref in refs] == [1, 1]
-    # Documented: the writer never replaces a stored row of the same instant, so u3's
-    # online row (t0+20s) takes the late c2 in only with u3's next event; bronze has it.
-    assert [u3[ref].value for ref in refs] == [1, 1] and u3[refs[0]].event_time == t0 + timedelta(seconds=20)
+    # c2 is behind u3's newest event (t0+20s): u3's row there is recomputed with it.
+    assert [u3[ref].value for ref in refs] == [2, 2] and u3[refs[0]].event_time == t0 + timedelta(seconds=20)
 
 
 # ------------------------------------------------------------------ faults

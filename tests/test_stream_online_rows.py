@@ -187,3 +187,27 @@ def test_merchants_get_their_window_edges_one_by_one_and_the_rest_as_counts_with
     # ma at 2 h ago: e2, i1, i2, i3, l1, n1, n2 and chargebacks c1, c2; mb at 1 h ago: j1, n3; c3, cn1.
     assert [(row["merchant_txn_count_30d"], row["merchant_chargeback_count_30d"])
             for row in streamed.sort_by("merchant_id").to_pylist()] == [(7, 2), (2, 2)]
+
+
+def _empty_history(**events: pa.Table) -> EventHistory:
+    every = {event_type: events.get(event_type, EVENT_ARROW_SCHEMAS[event_type].empty_table())
+             for event_type in (TRANSACTIONS, ACTIVITY, CHARGEBACKS)}
+    return EventHistory(every, BASELINE_ARROW_SCHEMA.empty_table(),
+                        {event_type: NOW - timedelta(days=31) - RETENTION[event_type] for event_type in every})
+
+
+@pytest.mark.parametrize("table", [USER_TRANSACTION_FEATURES, MERCHANT_FEATURES], ids=lambda table: table.name)
+def test_a_late_event_recomputes_its_entitys_newest_row_with_it(session, table):
+    # The entity's newest event (1 h ago) is in the history, and Redis holds its row there;
+    # the late event (2 h ago) must reach that row, as in the batch over every event.
+    history = _merchant_transactions([("h1", "ml", _ago(days=3)), ("h2", "ml", _ago(hours=1))])
+    late = _merchant_transactions([("late", "ml", _ago(hours=2))])
+    streamed, _ = online_rows(session, table, _empty_history(**{TRANSACTIONS: history}), {TRANSACTIONS: late})
+
+    every = {TRANSACTIONS: pa.concat_tables([history, late]), CHARGEBACKS: EVENT_ARROW_SCHEMAS[CHARGEBACKS].empty_table()}
+    inputs = {source: session.createDataFrame(every[source], SCHEMAS[source]) for source in table.sources}
+    batch = sorted(table.build(**inputs).toArrow().to_pylist(), key=lambda row: row["event_timestamp"])
+    assert streamed.to_pylist() == [batch[-1]]
+    assert batch[-1]["event_timestamp"] == _ago(hours=1)
+    count = "txn_lifetime_count" if table is USER_TRANSACTION_FEATURES else "merchant_txn_count_30d"
+    assert batch[-1][count] == 3
