@@ -204,7 +204,8 @@ def test_a_late_event_recomputes_its_entitys_newest_row_with_it(session, table):
     late = _merchant_transactions([("late", "ml", _ago(hours=2))])
     streamed, _ = online_rows(session, table, _empty_history(**{TRANSACTIONS: history}), {TRANSACTIONS: late})
 
-    every = {TRANSACTIONS: pa.concat_tables([history, late]), CHARGEBACKS: EVENT_ARROW_SCHEMAS[CHARGEBACKS].empty_table()}
+    every = {TRANSACTIONS: pa.concat_tables([history, late]),
+             CHARGEBACKS: EVENT_ARROW_SCHEMAS[CHARGEBACKS].empty_table()}
     inputs = {source: session.createDataFrame(every[source], SCHEMAS[source]) for source in table.sources}
     batch = sorted(table.build(**inputs).toArrow().to_pylist(), key=lambda row: row["event_timestamp"])
     assert streamed.to_pylist() == [batch[-1]]
