@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plumbing import feast_repo, services
+import feature_repo
+from plumbing import services
 from plumbing.config import load_config
 from plumbing.online_store import (
     OnlineStoreWriter,
@@ -108,7 +109,7 @@ def main() -> int:
     client = redis_client(RedisSettings.from_config(cfg))
     rows = make_rows(args.rows)
     with tempfile.TemporaryDirectory() as feast_dir:
-        store = feast_repo.apply(cfg, project=FEAST_PROJECT, directory=Path(feast_dir))
+        store = feature_repo.apply(cfg, project=FEAST_PROJECT, directory=Path(feast_dir))
         writer = OnlineStoreWriter(cfg, project=WRITER_PROJECT)
         write = {"feast": lambda: store.write_to_online_store(TABLE.name, rows),
                  "writer": lambda: writer.write(TABLE, rows)}

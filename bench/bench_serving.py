@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+import feature_repo
 from feature_repo.feature_services import feature_refs
 from plumbing import feast_repo, services
 from plumbing.config import PROFILE_ENV, REPO_ROOT, load_config
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     env = {**os.environ, PROFILE_ENV: "local"}
     yaml_path = feast_repo.write_feature_store_yaml(cfg, project=PROJECT, directory=work)
-    feast_repo.apply(cfg, project=PROJECT, directory=work)
+    feature_repo.apply(cfg, project=PROJECT, directory=work)
     api = start([sys.executable, __file__, "--serve-api", str(API_PORT), "--api-workers", str(api_workers)], env,
                 work / "api.log")
     feast = start([str(Path(sys.executable).with_name("feast")), "-c", str(feast_repo.REPO_DIR), "-f", str(yaml_path),

@@ -78,7 +78,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from plumbing import feast_repo, services
+import feature_repo
+from plumbing import services
 from plumbing.config import REPO_ROOT, Config, load_config
 from plumbing.online_store import (
     FEAST_PROJECT,
@@ -214,7 +215,7 @@ def compare_writers(cfg: Config, rounds: int, max_rows: int) -> dict:
     if rows.empty:
         return {"rows": 0}
     with tempfile.TemporaryDirectory() as feast_dir:
-        store = feast_repo.apply(cfg, project=FEAST_BENCH_PROJECT, directory=Path(feast_dir))
+        store = feature_repo.apply(cfg, project=FEAST_BENCH_PROJECT, directory=Path(feast_dir))
         writer = OnlineStoreWriter(cfg, project=WRITER_BENCH_PROJECT)
         write = {"feast": lambda: store.write_to_online_store(TABLE.name, rows),
                  "writer": lambda: writer.write(TABLE, rows)}

@@ -23,6 +23,7 @@ or Feast's own CLI on the generated file::
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from plumbing.config import Config
@@ -38,3 +39,17 @@ def repo_objects(cfg: Config) -> list[Any]:
 
     views = feature_views(cfg)
     return [user, merchant, *views.values(), *feature_services(views)]
+
+
+def apply(cfg: Config, project: str | None = None, directory: Path | None = None):
+    """Register the repository's objects for ``cfg`` (what `feast apply` does) in the
+    registry of ``directory`` (default: the profile's ``<data_dir>/feast``) under
+    ``project`` (default: the online store's); return the store."""
+    # Imported here: the package is imported for its definitions (feature_services, by
+    # Feast's CLI) where the online store's 1.5 s of imports would be wasted.
+    from plumbing.feast_repo import feature_store
+    from plumbing.online_store import FEAST_PROJECT
+
+    store = feature_store(cfg, project or FEAST_PROJECT, directory)
+    store.apply(repo_objects(cfg))
+    return store

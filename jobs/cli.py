@@ -68,6 +68,7 @@ def _service_command(action: str, argv: list[str]) -> int:
 
 def _feast_ui_command(argv: list[str]) -> int:
     """`tessera feast ui`: Feast's web UI in the background, a service of the profile."""
+    import feature_repo
     from plumbing import feast_repo, services
 
     parser = argparse.ArgumentParser(
@@ -83,7 +84,7 @@ def _feast_ui_command(argv: list[str]) -> int:
     cfg = load_config(args.profile)
     if not (feast_repo.feast_dir(cfg) / "registry.db").exists():
         print(f"feast-ui: no registry in {feast_repo.feast_dir(cfg)} yet: applying feature_repo/", flush=True)
-        feast_repo.apply(cfg)
+        feature_repo.apply(cfg)
     print(services.feast_ui_up(cfg, args.port))
     print(f"feature catalog (Feast UI) at http://{services.FeastUiService.host}:{args.port}")
     return 0

@@ -1,5 +1,6 @@
 """Shared plumbing: configuration, Spark sessions, local services, lake tables,
-online store, tracking. Imported by jobs/ and serving/; imports transformations/ only."""
+online store, tracking. Imported by jobs/, serving/ and feature_repo/; imports
+transformations/ only (tests/test_layers.py checks every layer, function-level imports too)."""
 import os
 
 # MLflow's client reports usage to its vendor's host as soon as it is imported. Nothing of

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -199,9 +200,19 @@ class Config(_Section):
         return self.events.kafka_topic_prefix + event_type
 
     def redis_password(self) -> str:
-        from plumbing.secrets import redis_password
-
-        return redis_password(self)
+        """From the variable named by ``redis.password_env``; when that is unset, a random
+        one generated once into ``<run_dir>/redis.password`` (mode 0600) and reused by
+        every later command of the profile. Never in the repository."""
+        from_env = os.environ.get(self.redis.password_env)
+        if from_env:
+            return from_env
+        path = self.run_dir / "redis.password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
 
 
 def _profile_path(profile_or_path: str | os.PathLike[str] | None) -> Path:

@@ -60,7 +60,7 @@ from plumbing.config import Config
 from plumbing.lake import LakeTable
 from plumbing.raw_events import read_history
 from transformations import cleaning
-from transformations.catalog import FEATURE_TABLES
+from transformations.catalog import FEATURE_TABLES, feature_refs
 from transformations.on_demand import amount_to_mean_ratio
 from transformations.schemas import CHARGEBACKS, EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, TRANSACTIONS
 from transformations.tables import FeatureTable
@@ -138,9 +138,6 @@ def build_training_set(spark: SparkSession, cfg: Config, labelled_events: DataFr
 def _resolve(features: str | Sequence[str | FeatureTable]) -> list[_Request]:
     """Group the requested features by table, in first-seen order."""
     if isinstance(features, str):
-        # The service's list lives with the Feast definitions; importing it costs no Feast.
-        from feature_repo.feature_services import feature_refs
-
         features = feature_refs(features)
     by_table: dict[str, list[str]] = {}
     for item in features:

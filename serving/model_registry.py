@@ -37,10 +37,10 @@ import pandas as pd
 from mlflow.types import DataType
 from threadpoolctl import ThreadpoolController
 
-from feature_repo.feature_services import feature_refs
 from plumbing.training_sets import RATIO_MEAN, RATIO_TABLE, REQUEST_RATIO
 from serving import metrics
 from serving.scoring import CompiledPipeline, NotCompilable, verify
+from transformations.catalog import feature_refs
 
 if TYPE_CHECKING:  # mlflow loads mlflow.pyfunc lazily
     from mlflow.pyfunc import PyFuncModel

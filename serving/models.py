@@ -10,9 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from feature_repo.feature_services import FEATURE_SERVICE_TABLES, feature_refs
 from plumbing.online_store import EXPIRED, MISSING, PRESENT
-from transformations.catalog import FEATURE_TABLES
+from transformations.catalog import FEATURE_SERVICE_TABLES, FEATURE_TABLES, feature_refs
 
 MAX_FEATURES_PER_REQUEST = 200  # more than every feature of the catalog, far less than abuse
 # Looked up on every request, so computed once: feature reference -> the join key it needs,

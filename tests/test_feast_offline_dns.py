@@ -52,13 +52,13 @@ SDK_STEPS = textwrap.dedent('''
 
     import pandas as pd
 
-    from plumbing import feast_repo
+    import feature_repo
     from plumbing.config import load_config
 
     T0 = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
     HOUR = timedelta(hours=1)
     cfg = load_config("s3")
-    store = feast_repo.apply(cfg, project=sys.argv[1], directory=cfg.data_dir / "sdk")
+    store = feature_repo.apply(cfg, project=sys.argv[1], directory=cfg.data_dir / "sdk")
     service = store.get_feature_service("fraud_model_v1")
     entity_df = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "merchant_id": ["m1", "m1", "m1"],
                               "event_timestamp": [T0 + HOUR / 2, T0 + HOUR, T0 + HOUR]})

@@ -28,9 +28,10 @@ import redis
 from fastapi.testclient import TestClient
 from mlflow.models import infer_signature
 
+import feature_repo
 from feature_repo.feature_services import feature_refs
 from jobs import train_model
-from plumbing import feast_repo, services, training_sets
+from plumbing import services, training_sets
 from plumbing.config import REPO_ROOT, ConfigError, load_config
 from plumbing.lake import LakeTable
 from plumbing.online_store import OnlineStoreReader, OnlineStoreWriter
@@ -321,7 +322,7 @@ def test_features_by_reference_read_only_those_in_request_order(client, stored):
 
 
 def test_api_values_equal_feasts_get_online_features(cfg, project, client, stored, tmp_path):
-    store = feast_repo.apply(cfg, project=project, directory=tmp_path)
+    store = feature_repo.apply(cfg, project=project, directory=tmp_path)
     rng = np.random.default_rng(9)
     users = list(rng.choice([f"u-{i}" for i in range(20)], 8, replace=False)) + ["u-stale", "u-unknown"]
     entities = [{"user_id": str(user), "merchant_id": f"m-{rng.integers(0, 6)}"} for user in users]  # m-5: unknown

@@ -13,8 +13,8 @@ import pytest
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
+import feature_repo
 from jobs import train_model
-from plumbing import feast_repo
 from plumbing.config import load_config
 from plumbing.lake import LakeTable
 from plumbing.training_sets import (
@@ -63,7 +63,7 @@ def test_the_training_set_equals_feast_on_generated_tables(lake, spark, tmp_path
     labels = labelled_transactions(spark, lake, _midnight(TRAIN_START), _midnight(TRAIN_END), MATURITY)
     ours = build_training_set(spark, lake, labels, "fraud_model_v1")[0].toPandas()
 
-    store = feast_repo.apply(lake, project=f"t_train_{uuid.uuid4().hex[:8]}", directory=tmp_path / "feast")
+    store = feature_repo.apply(lake, project=f"t_train_{uuid.uuid4().hex[:8]}", directory=tmp_path / "feast")
     entity_df = pd.DataFrame({
         "transaction_id": ours["transaction_id"], "user_id": ours["user_id"], "merchant_id": ours["merchant_id"],
         "event_timestamp": pd.to_datetime(ours["event_time"]).dt.tz_localize("UTC") - pd.Timedelta(microseconds=1)})

@@ -15,7 +15,7 @@ from deltalake import write_deltalake
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from plumbing import feast_repo
+import feature_repo
 from plumbing.config import load_config
 from plumbing.training_sets import (
     REQUEST_RATIO,
@@ -128,7 +128,7 @@ def test_equals_feast_historical_features_value_for_value(local_services, tiny_l
     gives our strictly-before rule exactly; the ttl edge then moves by 1 us: a row
     ``ttl + 1 us`` old is expired for us and still valid for Feast. That one case is
     pinned below; every other value must be equal."""
-    store = feast_repo.apply(tiny_lake, project=f"t_ts_{uuid.uuid4().hex[:8]}", directory=tmp_path / "feast")
+    store = feature_repo.apply(tiny_lake, project=f"t_ts_{uuid.uuid4().hex[:8]}", directory=tmp_path / "feast")
     ours = tiny_training_set
     entity_df = pd.DataFrame({
         "case": ours["case"], "user_id": ours["user_id"], "merchant_id": ours["merchant_id"],

@@ -121,6 +121,20 @@ FEATURE_TABLES: dict[str, FeatureTable] = {
     for table in (USER_TRANSACTION_FEATURES, USER_ACTIVITY_FEATURES, MERCHANT_FEATURES)
 }
 
+# The feature services: what each model reads. A service lists whole feature tables, so a
+# feature added to one of them reaches the model's next training run. Here, not with the
+# Feast objects (feature_repo/feature_services.py builds those from it), because the
+# training sets and the API read a service's features without Feast.
+FEATURE_SERVICE_TABLES: dict[str, tuple[str, ...]] = {
+    "fraud_model_v1": ("user_transaction_features", "user_activity_features", "merchant_features"),
+}
+
+
+def feature_refs(service_name: str) -> list[str]:
+    """The service's features as "<feature view>:<feature>" references."""
+    return [f"{table}:{feature}" for table in FEATURE_SERVICE_TABLES[service_name]
+            for feature in FEATURE_TABLES[table].feature_names]
+
 _SPARK_TYPES = {"bigint": T.LongType(), "double": T.DoubleType()}
 
 
