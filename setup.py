@@ -22,24 +22,36 @@ setup(
         "great-expectations==1.24.1",
         "mlflow==3.17.2",
         "fastapi>=0.165,<0.166",
+        "starlette>=1.10,<2",  # imported directly (requests, responses, routing); fastapi's pin decides the version
         "fastapi-offline==1.7.7",  # Swagger UI and ReDoc files for /docs and /redoc without a CDN (serving.docs_pages)
         "uvicorn[standard]>=0.54,<0.55",
         "redis>=7,<8",  # feast 0.67 requires redis-py < 8
+        # The online store writes Feast's Redis layout itself: its key hash and value protos.
+        "mmh3>=5.3,<6",
+        "protobuf>=7.36,<8",
         "boto3>=1.44,<1.45",
         "confluent-kafka==2.16.1",  # live events to/from Kafka (the generator, the services' admin)
-        "moto[server]==5.2.5",
         "pydantic>=2.13",
+        "pydantic-core>=2.50",  # to_json writes the API's responses (serving.dependencies)
         "pyyaml>=6",
         "tqdm>=4.66",
         "scikit-learn>=1.9",
+        "threadpoolctl>=3.8",  # BLAS threads of training and of the scorer (serving.model_registry)
+        # The Delta offline store builds Feast's DuckDB queries (feast[duckdb] brings it too).
+        "ibis-framework>=12,<13",
+        "anyio>=4.16",  # request timeouts and worker threads in serving/
         "matplotlib>=3.10",
-        "httpx>=0.28",
         "prometheus-client>=0.24,<0.25",
         "skops>=0.16,<0.17",
     ],
     extras_require={
+        # The local services `tessera up` starts for a profile with an S3 endpoint of its own
+        # (moto_server); a deployment against real S3 does without.
+        "local": ["moto[server]==5.2.5"],
+        # Tests, benchmarks, notebooks, page checks and linters (make setup installs them).
         "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7",
-                "schemathesis==4.32.5", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
+                "httpx>=0.28",  # FastAPI's TestClient
+                "schemathesis==4.32.5", "hypothesis>=6.170", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
                 # Drives the OS's Chromium (jobs/screenshots.py, tests/test_pages.py); no browser download.
                 "playwright==1.65.2",
                 # The linters .ci/run runs (scripts/lint.sh; configuration in pyproject.toml).

@@ -66,7 +66,10 @@ def chromium() -> Iterator:
     if executable is None:
         raise PageCheckFailed("chromium is not installed: `make setup` installs it when run as root "
                               "(Debian/Ubuntu: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
+    try:  # a tool for the docs' images: its browser driver is in the dev extra, not the install set
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise PageCheckFailed("playwright is not installed: pip install -e '.[dev]' (or make setup)") from None
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

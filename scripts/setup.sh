@@ -51,7 +51,7 @@ fi
 if [ ! -f "$STAMP" ] || [ requirements.lock -nt "$STAMP" ] || [ setup.py -nt "$STAMP" ]; then
   echo "setup: installing Python packages (a cold install takes ~3-5 minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip wheel
-  "$VENV/bin/python" -m pip install -q -c requirements.lock -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -c requirements.lock -e ".[dev,local]"
   touch "$STAMP"
 fi
 # The JVM jars: Spark's (delta-spark, Kafka connector) and the Kafka broker's always; the
