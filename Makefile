@@ -37,7 +37,9 @@ status:
 serve: up
 	$(TESSERA) --profile $(PROFILE) serve
 
-bench: setup
+# The setup with what the benchmarks need too (wrk, the serving benchmark's load, when root).
+bench:
+	@bash scripts/setup.sh --bench
 	$(TESSERA) bench
 
 # Stops the services and deletes all local data (lake, Redis, MLflow) of the profile.

@@ -2,9 +2,13 @@
 # Install what the project needs, idempotently: OS packages (when root), the Python
 # virtual environment in .venv with the locked dependency versions, the project, and the
 # pinned JVM jars (scripts/fetch_jars.sh; arguments name the jar groups, default by PROFILE).
+# A first argument --bench adds what the benchmarks need beyond that (make bench).
 # Re-running does nothing when everything is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bench=false
+if [ "${1:-}" = "--bench" ]; then bench=true; shift; fi
 
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
@@ -15,6 +19,8 @@ command -v redis-server >/dev/null 2>&1 || need_os_packages+=(redis-server)
 command -v java >/dev/null 2>&1 || need_os_packages+=(openjdk-17-jre-headless)
 # Maven fetches the pinned JVM jars (jars/pom.xml) once; nothing resolves at job start.
 command -v mvn >/dev/null 2>&1 || need_os_packages+=(maven)
+# wrk loads the HTTP API in bench/bench_serving.py.
+if $bench; then command -v wrk >/dev/null 2>&1 || need_os_packages+=(wrk); fi
 if ((${#need_os_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing OS packages: ${need_os_packages[*]}"
