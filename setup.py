@@ -35,7 +35,9 @@ setup(
         "pydantic-core>=2.50",  # to_json writes the API's responses (serving.dependencies)
         "pyyaml>=6",
         "tqdm>=4.66",
-        "scikit-learn>=1.9",
+        # serving/scoring.py compiles the fitted model from scikit-learn internals (no public API
+        # scores from its trees): capped to the minor version tests/test_scoring.py holds equal.
+        "scikit-learn>=1.9,<1.10",
         "threadpoolctl>=3.8",  # BLAS threads of training and of the scorer (serving.model_registry)
         # The Delta offline store builds Feast's DuckDB queries (feast[duckdb] brings it too).
         "ibis-framework>=12,<13",

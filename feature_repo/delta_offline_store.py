@@ -61,12 +61,22 @@ def delta_table(data_source: FileSource, repo_path: Path | str | None, storage_o
 
 
 def read_data_source(data_source: DataSource, repo_path: str, storage_options: dict[str, str]) -> ibis.Table:
-    """A Delta source as a lazy ibis table over its current snapshot; others as Feast reads them."""
+    """A Delta source as a lazy ibis table over its current snapshot. Every source of the
+    repository is a Delta table (feature_repo/data_sources.py); Feast's readers of other
+    formats are private functions of its DuckDB module, so another source is refused."""
     if not is_delta_source(data_source):
-        return feast_duckdb._read_data_source(data_source, repo_path)
+        raise ValueError(f"source {data_source.name!r}: this offline store reads Delta tables only "
+                         f"(a FileSource with file_format=DeltaFormat())")
     snapshot = delta_table(data_source, repo_path, storage_options).to_pyarrow_dataset()
     # DuckDB scans the Arrow dataset in place, with column and filter push-down.
     return ibis.memtable(snapshot)
+
+
+def refuse_write(table: ibis.Table, data_source: DataSource, repo_path: str, *args) -> None:
+    """The writer Feast's ibis functions are handed (saved datasets, offline pushes): the
+    lake's tables are written by the project's own writer only, validated and tracked."""
+    raise NotImplementedError(f"writing to {data_source.name!r} through Feast is not supported: the lake's Delta "
+                              "tables are written by `tessera batch-features`")
 
 
 def _reader(config: RepoConfig):
@@ -138,7 +148,7 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             project=project,
             full_feature_names=full_feature_names,
             data_source_reader=_reader(config),
-            data_source_writer=feast_duckdb._write_data_source,
+            data_source_writer=refuse_write,
             staging_location=config.offline_store.staging_location,
             staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
             filter_by_created_timestamp=filter_by_created_timestamp,
@@ -165,7 +175,7 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             start_date=start_date,
             end_date=end_date,
             data_source_reader=_reader(config),
-            data_source_writer=feast_duckdb._write_data_source,
+            data_source_writer=refuse_write,
             staging_location=config.offline_store.staging_location,
             staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
         )
@@ -191,7 +201,7 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             start_date=start_date,
             end_date=end_date,
             data_source_reader=_reader(config),
-            data_source_writer=feast_duckdb._write_data_source,
+            data_source_writer=refuse_write,
             staging_location=config.offline_store.staging_location,
             staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
         )

@@ -125,6 +125,10 @@ def _outer_sources(encode: ColumnTransformer, input_columns: list[str]) -> list[
             sources += [(column, None) for column in columns]
         elif isinstance(transformer, OrdinalEncoder):
             for position, column in enumerate(columns):
+                # scikit-learn encodes a None seen in training as a category of its own, not
+                # as missing; a request's None would take the unknown code here instead.
+                if any(category is None for category in transformer.categories_[position]):
+                    raise NotCompilable(f"{column}: None was a category in training")
                 categories = [category for category in transformer.categories_[position]
                               if isinstance(category, str)]
                 probe = pd.DataFrame({other: [_UNSEEN] * (len(categories) + 1) for other in columns})
