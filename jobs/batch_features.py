@@ -57,8 +57,10 @@ from transformations.schemas import EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, EVEN
 from transformations.tables import FeatureTable
 from transformations.times import as_utc, utc_midnight
 
-# Every window fits in this much history before the range (the longest is 30 days).
-LOOKBACK = timedelta(days=30)
+# History read before the range: a table's ttl is its longest window (the catalog's rule,
+# tests/test_catalog.py), so the longest ttl holds every window's events; a longer window
+# added to the catalog lengthens it.
+LOOKBACK = max(table.ttl for table in FEATURE_TABLES.values())
 # Above this share of malformed input rows the input itself is suspect: stop.
 DEFAULT_MAX_REJECT_FRACTION = 0.05
 RAW_EVENTS_RUN_PREFIX = "raw_events."

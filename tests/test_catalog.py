@@ -1,6 +1,8 @@
 """The catalog is the one declaration of each feature table: it must agree with the code."""
 import inspect
+import re
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import transformations
@@ -17,6 +19,19 @@ def test_feature_names_are_unique_across_tables_and_carry_a_window_or_scope():
     assert len(names) == len(set(names))
     scoped = ("_1h", "_24h", "_7d", "_30d", "_lifetime_", "_since_prev", "_ratio")
     assert all(any(part in name for part in scoped) for name in names), names
+
+
+def test_no_window_is_longer_than_its_tables_ttl_and_the_batch_job_reads_the_longest():
+    """The batch job reads LOOKBACK of history before its range: a window longer than
+    that would be silently cut (and validation would still pass)."""
+    from jobs.batch_features import LOOKBACK
+
+    unit = {"h": timedelta(hours=1), "d": timedelta(days=1)}
+    for table in FEATURE_TABLES.values():
+        for name in table.feature_names:
+            for count, letter in re.findall(r"_(\d+)([hd])(?=_|$)", name):
+                assert int(count) * unit[letter] <= table.ttl, f"{name}: window longer than {table.name}'s ttl"
+    assert LOOKBACK == max(table.ttl for table in FEATURE_TABLES.values()) == timedelta(days=30)
 
 
 def test_definitions_hash_changes_with_any_definition_and_only_then(tmp_path):
