@@ -211,7 +211,8 @@ def run(cfg: Config, start: date, end: date, tables: list[str] | None = None, no
         raise ValueError(f"empty range: --end {end} must be after --start {start}")
     chosen = [FEATURE_TABLES[name] for name in (tables or FEATURE_TABLES)]
     now = now or datetime.now(timezone.utc)
-    spark = spark or get_spark(cfg, "batch-features")
+    # The stage bar for a person at a terminal; logs and tests get no carriage-return lines.
+    spark = spark or get_spark(cfg, "batch-features", console_progress=sys.stderr.isatty())
     tracking.configure_tracking(cfg)
 
     needed = sorted({event_type for table in chosen for event_type in table.sources},

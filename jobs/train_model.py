@@ -275,7 +275,8 @@ class Decision:
 
 
 def run(cfg: Config, args: argparse.Namespace, spark: SparkSession | None = None) -> int:
-    spark = spark or get_spark(cfg, "train-model")
+    # The stage bar for a person at a terminal; logs and tests get no carriage-return lines.
+    spark = spark or get_spark(cfg, "train-model", console_progress=sys.stderr.isatty())
     configure_tracking(cfg)
     maturity = timedelta(days=args.label_maturity_days)
     start, end = _resolve_range(spark, cfg, args.start, args.end, maturity)

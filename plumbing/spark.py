@@ -73,13 +73,15 @@ def s3a_conf(cfg: Config) -> dict[str, str]:
     return conf
 
 
-def get_spark(cfg: Config, app_name: str) -> SparkSession:
+def get_spark(cfg: Config, app_name: str, console_progress: bool = False) -> SparkSession:
     """Return the session for ``app_name`` configured from ``cfg.spark``.
 
     Defaults suit a 2-core machine: few shuffle partitions, UTC session time zone (all
     event times are instants; windows are cut in UTC), Arrow for pandas exchange, quiet
     logs, no UI unless asked. Under ``spark-submit`` the master given on the command line
-    wins over the profile's.
+    wins over the profile's. ``console_progress``: Spark's per-stage progress bar on
+    stderr, for the long jobs run from a terminal (it applies when this call starts the
+    session; a streaming job would print one per micro-batch).
     """
     # Python workers must run the interpreter that has this project's packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -116,7 +118,7 @@ def get_spark(cfg: Config, app_name: str) -> SparkSession:
         # again (~0.3 s of CPU) and ran them before the JIT had warmed them.
         .config("spark.sql.codegen.cache.maxEntries", "1000")
         .config("spark.ui.enabled", str(cfg.spark.ui_enabled).lower())
-        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.showConsoleProgress", str(console_progress).lower())
         .config("spark.sql.warehouse.dir", str(cfg.data_dir / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={cfg.data_dir / 'derby'}")
     )
