@@ -79,10 +79,14 @@ def refuse_write(table: ibis.Table, data_source: DataSource, repo_path: str, *ar
                               "tables are written by `tessera batch-features`")
 
 
-def _reader(config: RepoConfig):
-    """:func:`read_data_source` as Feast calls a reader, (source, repo path), with the
-    store's storage options bound."""
-    return partial(read_data_source, storage_options=config.offline_store.storage_options)
+def _io(config: RepoConfig) -> dict:
+    """What every Feast ibis function is handed to read sources and stage results: this
+    store's reader (:func:`read_data_source`, as Feast calls a reader, (source, repo path),
+    with the store's storage options bound), its writer, and the staging settings."""
+    return {"data_source_reader": partial(read_data_source, storage_options=config.offline_store.storage_options),
+            "data_source_writer": refuse_write,
+            "staging_location": config.offline_store.staging_location,
+            "staging_location_endpoint_override": config.offline_store.staging_location_endpoint_override}
 
 
 class DeltaOfflineStoreConfig(feast_duckdb.DuckDBOfflineStoreConfig):
@@ -147,10 +151,7 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             registry=registry,
             project=project,
             full_feature_names=full_feature_names,
-            data_source_reader=_reader(config),
-            data_source_writer=refuse_write,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            **_io(config),
             filter_by_created_timestamp=filter_by_created_timestamp,
         )
 
@@ -174,10 +175,7 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             created_timestamp_column=created_timestamp_column,
             start_date=start_date,
             end_date=end_date,
-            data_source_reader=_reader(config),
-            data_source_writer=refuse_write,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            **_io(config),
         )
 
     @staticmethod
@@ -200,8 +198,5 @@ class DeltaOfflineStore(feast_duckdb.DuckDBOfflineStore):
             created_timestamp_column=created_timestamp_column,
             start_date=start_date,
             end_date=end_date,
-            data_source_reader=_reader(config),
-            data_source_writer=refuse_write,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            **_io(config),
         )
