@@ -97,6 +97,7 @@ from transformations import cleaning
 from transformations.schemas import (
     ACTIVITY,
     ACTIVITY_TYPES,
+    ALLOWED_VALUES,
     CHANNELS,
     CHARGEBACKS,
     EVENT_ENTITY_COLUMNS,
@@ -126,8 +127,9 @@ NOT_MALFORMED = -1     # malformed_kind of a good record
 # Which malformed kinds each output can carry, per event type.
 JSON_KINDS = {
     TRANSACTIONS: (cleaning.BROKEN_JSON, cleaning.MISSING_FIELD, cleaning.WRONG_TYPE,
-                   cleaning.NEGATIVE_AMOUNT, cleaning.FUTURE_TIMESTAMP),
-    ACTIVITY: (cleaning.BROKEN_JSON, cleaning.MISSING_FIELD, cleaning.WRONG_TYPE, cleaning.FUTURE_TIMESTAMP),
+                   cleaning.NEGATIVE_AMOUNT, cleaning.FUTURE_TIMESTAMP, cleaning.UNKNOWN_VALUE),
+    ACTIVITY: (cleaning.BROKEN_JSON, cleaning.MISSING_FIELD, cleaning.WRONG_TYPE, cleaning.FUTURE_TIMESTAMP,
+               cleaning.UNKNOWN_VALUE),
 }
 TYPED_KINDS = {
     TRANSACTIONS: (cleaning.MISSING_FIELD, cleaning.NEGATIVE_AMOUNT, cleaning.FUTURE_TIMESTAMP),
@@ -135,6 +137,8 @@ TYPED_KINDS = {
 }
 # Columns whose JSON value can be made unreadable (a string column accepts anything).
 WRONG_TYPE_COLUMNS = {TRANSACTIONS: ("amount", "event_time"), ACTIVITY: ("success", "event_time")}
+# What a producer outside the contract sends (cleaning: unknown_value:<column>).
+UNKNOWN_VALUES = {"currency": "XXX", "channel": "fax", "activity_type": "logout"}
 KIND_CODES = {kind: code for code, kind in enumerate(cleaning.REJECT_KINDS)}
 
 
@@ -610,10 +614,13 @@ class EventGenerator:
             schema = SCHEMAS[event_type]
             required = np.array([i for i, f in enumerate(schema.fields) if not f.nullable])
             wrong = np.array([schema.names.index(name) for name in WRONG_TYPE_COLUMNS[event_type]])
+            unknown = np.array([schema.names.index(name) for name in ALLOWED_VALUES[event_type]])
             column = np.select(
-                [kind == KIND_CODES[cleaning.MISSING_FIELD], kind == KIND_CODES[cleaning.WRONG_TYPE]],
+                [kind == KIND_CODES[cleaning.MISSING_FIELD], kind == KIND_CODES[cleaning.WRONG_TYPE],
+                 kind == KIND_CODES[cleaning.UNKNOWN_VALUE]],
                 [required[rng.integers(0, len(required), len(own_rows))],
-                 wrong[rng.integers(0, len(wrong), len(own_rows))]], -1)
+                 wrong[rng.integers(0, len(wrong), len(own_rows))],
+                 unknown[rng.integers(0, len(unknown), len(own_rows))]], -1)
             columns["malformed_column"][own_rows] = column
 
     def _corrupt_typed_values(self, columns: Columns) -> None:
@@ -772,7 +779,8 @@ class TableBuilder:
             # first field left "{," behind: repaired on the same path.
             missing_first = (kinds == KIND_CODES[cleaning.MISSING_FIELD]) & (c["malformed_column"] == 0)
             text_defects = np.flatnonzero((kinds == KIND_CODES[cleaning.BROKEN_JSON])
-                                          | (kinds == KIND_CODES[cleaning.WRONG_TYPE]) | missing_first)
+                                          | (kinds == KIND_CODES[cleaning.WRONG_TYPE])
+                                          | (kinds == KIND_CODES[cleaning.UNKNOWN_VALUE]) | missing_first)
             if len(text_defects):
                 originals = lines.take(pa.array(text_defects)).to_pylist()
                 replaced = [_corrupt_json(line[:-1].replace("{,", "{", 1), int(kinds[row]),
@@ -805,7 +813,9 @@ def _corrupt_json(line: str, kind_code: int, column: int, schema: T.StructType, 
         return line[: int(rng.integers(1, len(line) - 1))]
     record = json.loads(line)
     name = schema.names[column]
-    if name == "amount":
+    if kind == cleaning.UNKNOWN_VALUE:
+        record[name] = UNKNOWN_VALUES[name]
+    elif name == "amount":
         record[name] = f"{record[name]:.2f}".replace(".", ",")   # "12,50": a locale bug
     elif name == "success":
         record[name] = "unknown"

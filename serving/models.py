@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from plumbing.online_store import EXPIRED, MISSING, PRESENT
 from transformations.catalog import FEATURE_SERVICE_TABLES, FEATURE_TABLES, feature_refs
+from transformations.schemas import ALLOWED_VALUES, TRANSACTIONS
 
 MAX_FEATURES_PER_REQUEST = 200  # more than every feature of the catalog, far less than abuse
 # Looked up on every request, so computed once: feature reference -> the join key it needs,
@@ -107,9 +108,12 @@ class Transaction(_Request):
     user_id: EntityId
     merchant_id: Annotated[Text, Field(examples=["merchant-0007"])]
     amount: float = Field(ge=0, le=1e12, allow_inf_nan=False, examples=[42.5])
-    currency: Annotated[Text, Field(max_length=16, examples=["EUR"])]
+    # Only the values the events' contract declares (schemas.ALLOWED_VALUES): what the batch
+    # job and the stream dead-letter as unknown_value is a 422 here. (mypy cannot check a
+    # Literal made from a tuple at run time, hence the ignores.)
+    currency: Literal[ALLOWED_VALUES[TRANSACTIONS]["currency"]] = Field(examples=["EUR"])  # type: ignore[valid-type]
     country: Annotated[Text, Field(max_length=16, examples=["DE"])]
-    channel: Annotated[Text, Field(max_length=32, examples=["web"])]
+    channel: Literal[ALLOWED_VALUES[TRANSACTIONS]["channel"]] = Field(examples=["web"])  # type: ignore[valid-type]
     event_time: AwareDatetime | None = Field(
         None, description="When the transaction happened (with a time zone); default: the time of the "
                           "request. Sets the model's hour of day; features are always the newest online.")

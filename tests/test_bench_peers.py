@@ -15,6 +15,7 @@ import pytest
 from pyspark.sql import types as T
 
 from bench.peers import (
+    ALLOWED_VALUES,
     EVENT_COLUMNS,
     MAX_FUTURE,
     REQUIRED_COLUMNS,
@@ -30,6 +31,7 @@ from bench.peers import (
 from transformations import cleaning, windows
 from transformations.catalog import FEATURE_TABLES
 from transformations.merchants import merchant_features
+from transformations.schemas import ALLOWED_VALUES as DECLARED_VALUES
 from transformations.schemas import SCHEMAS
 from transformations.user_activity import user_activity_features
 from transformations.user_transactions import user_transaction_features
@@ -158,6 +160,8 @@ def test_peer_cleaning_keeps_the_rows_spark_keeps(spark):
         ("no_time", "u1", "m1", 1.0, "EUR", "DE", "d1", "web", None),
         ("at_limit", "u1", "m1", 1.0, "EUR", "DE", "d1", "web", now + MAX_FUTURE),
         ("future", "u1", "m1", 1.0, "EUR", "DE", "d1", "web", now + MAX_FUTURE + US),
+        ("fax", "u1", "m1", 1.0, "EUR", "DE", "d1", "fax", T0),
+        ("no_currency_code", "u1", "m1", 1.0, "XXX", "DE", "d1", "web", T0),
     ]
     checked = cleaning.validate_typed_events(spark.createDataFrame(rows, _raw_schema("transactions")),
                                              "transactions", now=now)
@@ -178,6 +182,7 @@ def test_the_peers_copy_of_the_contract_matches_the_project():
         assert EVENT_COLUMNS[event_type] == tuple(schema.fieldNames())
         assert REQUIRED_COLUMNS[event_type] == tuple(f.name for f in schema if not f.nullable)
         assert TIMESTAMP_COLUMNS[event_type] == tuple(f.name for f in schema if f.dataType == T.TimestampType())
+    assert ALLOWED_VALUES == DECLARED_VALUES
     for name, table in FEATURE_TABLES.items():
         assert TABLE_COLUMNS[name] == tuple(table.columns)
     assert MAX_FUTURE == cleaning.DEFAULT_MAX_FUTURE

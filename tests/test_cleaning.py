@@ -63,11 +63,16 @@ LINES = {
         _json(TRANSACTION, event_time=(NOW + dt.timedelta(days=1)).isoformat()),
         _json(TRANSACTION, event_time=(NOW + dt.timedelta(days=1, milliseconds=1)).isoformat()),
         json.dumps({**{k: v for k, v in TRANSACTION.items() if k != "user_id"}, "amount": -5}),
+        _json(TRANSACTION, channel="fax"),
+        _json(TRANSACTION, currency="XXX"),
+        _json(TRANSACTION, currency="eur"),
+        _json(TRANSACTION, channel="fax", amount=-1),
     ],
     ACTIVITY: [
         _json(PAGE_VIEW),
         _without(PAGE_VIEW, "session_id"),
         _json(PAGE_VIEW, activity_type="login", success="unknown"),
+        _json(PAGE_VIEW, activity_type="logout"),
     ],
     CHARGEBACKS: [
         _json(CHARGEBACK, transaction_time="2099-01-01T00:00:00+00:00"),
@@ -195,6 +200,20 @@ def test_parse_negative_amount_is_negative_amount(reason_of):
     assert reason_of[(TRANSACTIONS, _json(TRANSACTION, amount=-0.01))] == "negative_amount"
 
 
+def test_parse_value_outside_the_declared_ones_is_unknown_value_with_its_column(reason_of):
+    assert reason_of[(TRANSACTIONS, _json(TRANSACTION, channel="fax"))] == "unknown_value:channel"
+    assert reason_of[(TRANSACTIONS, _json(TRANSACTION, currency="XXX"))] == "unknown_value:currency"
+    assert reason_of[(ACTIVITY, _json(PAGE_VIEW, activity_type="logout"))] == "unknown_value:activity_type"
+
+
+def test_parse_declared_values_are_case_sensitive(reason_of):
+    assert reason_of[(TRANSACTIONS, _json(TRANSACTION, currency="eur"))] == "unknown_value:currency"
+
+
+def test_parse_negative_amount_wins_over_unknown_value(reason_of):
+    assert reason_of[(TRANSACTIONS, _json(TRANSACTION, channel="fax", amount=-1))] == "negative_amount"
+
+
 def test_parse_timestamp_exactly_max_future_ahead_is_still_valid(reason_of):
     at_limit = (NOW + dt.timedelta(days=1)).isoformat()
     assert reason_of[(TRANSACTIONS, _json(TRANSACTION, event_time=at_limit))] is None
@@ -252,6 +271,7 @@ def typed_result(spark) -> dict:
         _typed_row("null-device", device_id=None),
         _typed_row("negative", amount=-3.0),
         _typed_row("two-days-ahead", event_time=NOW + dt.timedelta(days=2)),
+        _typed_row("fax", channel="fax"),
     ], TYPED_SCHEMA)
     # The same rows with amount stored as text, as a careless producer might write it.
     text_amounts = spark.createDataFrame(
@@ -281,6 +301,10 @@ def test_validate_typed_negative_amount_keeps_the_row_as_json_in_raw(typed_resul
 
 def test_validate_typed_time_two_days_ahead_is_future_timestamp(typed_result):
     assert typed_result["two-days-ahead"].reject_reason == "future_timestamp"
+
+
+def test_validate_typed_unknown_channel_is_unknown_value(typed_result):
+    assert typed_result["fax"].reject_reason == "unknown_value:channel"
 
 
 def test_validate_typed_amount_stored_as_unreadable_string_is_wrong_type(typed_result):

@@ -366,6 +366,12 @@ def test_invalid_requests_are_422_with_a_message(client):
     assert response.status_code == 422 and "JSON" in response.json()["detail"]
     response = client.post("/v1/predict", json={"transactions": [transaction("t-1", "u-1", "m-1", amount=-5)]})
     assert response.status_code == 422 and "body.transactions.0.amount" in response.json()["detail"]
+    # The events' contract (schemas.ALLOWED_VALUES): a channel or currency the batch job and
+    # the stream would dead-letter is a 422 naming the field, not a score.
+    for field, value in (("channel", "fax"), ("currency", "XXX")):
+        outside = transaction("t-1", "u-1", "m-1", **{field: value})
+        response = client.post("/v1/predict", json={"transactions": [outside]})
+        assert response.status_code == 422 and f"body.transactions.0.{field}" in response.json()["detail"]
     naive_time = transaction("t-1", "u-1", "m-1", event_time="2026-01-01T10:00:00")
     response = client.post("/v1/predict", json={"transactions": [naive_time]})
     assert response.status_code == 422 and "timezone" in response.json()["detail"]

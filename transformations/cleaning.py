@@ -19,6 +19,8 @@ plus two more:
                               (``"12,50"`` for a double, ``"29/03/2026"`` for a timestamp)
   ``negative_amount``         ``amount < 0``
   ``future_timestamp``        a timestamp later than ``now + max_future`` (default 1 day)
+  ``unknown_value:<col>``     a value outside the column's declared values
+                              (``schemas.ALLOWED_VALUES``: currency, channel, activity type)
   ==========================  ===========================================================
 
   When a row has several problems the first in this table wins, and within a kind the
@@ -47,7 +49,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from transformations.schemas import SCHEMAS
+from transformations.schemas import ALLOWED_VALUES, SCHEMAS
 
 RAW = "raw"
 REJECT_REASON = "reject_reason"
@@ -59,8 +61,9 @@ WRONG_TYPE = "wrong_type"
 NEGATIVE_AMOUNT = "negative_amount"
 FUTURE_TIMESTAMP = "future_timestamp"
 OVERSIZE = "oversize"
-# In the generator's code order (it writes every kind but oversize); oversize comes last.
-REJECT_KINDS = (BROKEN_JSON, MISSING_FIELD, WRONG_TYPE, NEGATIVE_AMOUNT, FUTURE_TIMESTAMP, OVERSIZE)
+UNKNOWN_VALUE = "unknown_value"
+# In the generator's code order (it writes every kind but oversize): codes stay, new kinds go last.
+REJECT_KINDS = (BROKEN_JSON, MISSING_FIELD, WRONG_TYPE, NEGATIVE_AMOUNT, FUTURE_TIMESTAMP, OVERSIZE, UNKNOWN_VALUE)
 
 # A JSON line longer than this is rejected unparsed: a producer bug or an attack, never an
 # event (ours are ~250 bytes), and parsing megabytes per record would stall a micro-batch.
@@ -118,7 +121,7 @@ def parse_json_events(raw: DataFrame, event_type: str, now: Column | dt.datetime
                 for f in schema.fields if not f.nullable]
     reasons += [(text(f.name).isNotNull() & typed[f.name].isNull(), F.lit(f"{WRONG_TYPE}:{f.name}"))
                 for f in schema.fields if f.dataType != T.StringType()]
-    reasons += _value_checks(typed, schema, now, max_future)
+    reasons += _value_checks(typed, event_type, now, max_future)
 
     return parsed.select(
         *[typed[f.name].alias(f.name) for f in schema.fields],
@@ -156,7 +159,7 @@ def validate_typed_events(df: DataFrame, event_type: str, now: Column | dt.datet
                 for f in schema.fields if not f.nullable]
     reasons += [(F.col(f.name).isNotNull() & typed[f.name].isNull(), F.lit(f"{WRONG_TYPE}:{f.name}"))
                 for f in schema.fields if stored_types[f.name] != f.dataType.simpleString()]
-    reasons += _value_checks(typed, schema, now, max_future)
+    reasons += _value_checks(typed, event_type, now, max_future)
 
     reason = _first_reason(reasons)
     original_row = F.to_json(F.struct(*[F.col(f.name) for f in schema.fields]))
@@ -227,15 +230,19 @@ def _now_column(now: Column | dt.datetime | None) -> Column:
     return F.lit(now)
 
 
-def _value_checks(typed: dict[str, Column], schema: T.StructType, now: Column | dt.datetime | None,
+def _value_checks(typed: dict[str, Column], event_type: str, now: Column | dt.datetime | None,
                   max_future: dt.timedelta) -> list[tuple[Column, Column]]:
-    """The checks on values that parsed: negative amounts and timestamps too far ahead."""
+    """The checks on values that parsed: negative amounts, timestamps too far ahead and
+    values outside a column's declared ones."""
+    schema = SCHEMAS[event_type]
     checks = []
     if "amount" in typed:
         checks.append((typed["amount"] < 0, F.lit(NEGATIVE_AMOUNT)))
     latest_allowed = _now_column(now) + F.lit(max_future)
     checks += [(typed[f.name] > latest_allowed, F.lit(FUTURE_TIMESTAMP))
                for f in schema.fields if f.dataType == T.TimestampType()]
+    checks += [(~typed[name].isin(*allowed), F.lit(f"{UNKNOWN_VALUE}:{name}"))
+               for name, allowed in ALLOWED_VALUES[event_type].items()]
     return checks
 
 

@@ -61,3 +61,11 @@ ACTIVITY_TYPES = ("login", "page_view", "session_start")
 CHANNELS = ("web", "app", "pos")
 # ISO 4217 codes the platform accepts in transactions.currency.
 CURRENCIES = ("AUD", "BRL", "CAD", "CHF", "DKK", "EUR", "GBP", "INR", "JPY", "NOK", "PLN", "SEK", "USD")
+
+# The values a column may take, per event type: any other value is malformed
+# (``unknown_value:<column>`` in cleaning) and a 422 in the API's /v1/predict.
+ALLOWED_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    TRANSACTIONS: {"currency": CURRENCIES, "channel": CHANNELS},
+    ACTIVITY: {"activity_type": ACTIVITY_TYPES},
+    CHARGEBACKS: {},
+}

@@ -36,6 +36,14 @@ TIMESTAMP_COLUMNS = {
     CHARGEBACKS: ("transaction_time", "event_time"),
 }
 EVENT_ID_COLUMNS = {TRANSACTIONS: "transaction_id", ACTIVITY: "event_id", CHARGEBACKS: "chargeback_id"}
+# The values a column may take; any other makes the row malformed (unknown_value).
+ALLOWED_VALUES = {
+    TRANSACTIONS: {"currency": ("AUD", "BRL", "CAD", "CHF", "DKK", "EUR", "GBP", "INR", "JPY", "NOK", "PLN", "SEK",
+                                "USD"),
+                   "channel": ("web", "app", "pos")},
+    ACTIVITY: {"activity_type": ("login", "page_view", "session_start")},
+    CHARGEBACKS: {},
+}
 # A timestamp later than the clock plus this is malformed (future_timestamp).
 MAX_FUTURE = timedelta(days=1)
 

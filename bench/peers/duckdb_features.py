@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from bench.peers import (
+    ALLOWED_VALUES,
     EVENT_COLUMNS,
     EVENT_TYPES,
     MAX_FUTURE,
@@ -57,13 +58,16 @@ def _frames(entity: str, trailing: dict[str, timedelta]) -> str:
 
 def valid_events_sql(source: str, event_type: str, now: datetime) -> str:
     """The rows ``cleaning.validate_typed_events`` accepts: no null in a required column,
-    no negative amount, no timestamp after ``now + MAX_FUTURE``."""
+    no negative amount, no timestamp after ``now + MAX_FUTURE``, no value outside the
+    declared ones."""
     checks = [f"{column} IS NOT NULL" for column in REQUIRED_COLUMNS[event_type]]
     if "amount" in EVENT_COLUMNS[event_type]:
         checks.append("NOT coalesce(amount < 0, false)")
     latest_allowed = _epoch_micros(now + MAX_FUTURE)
     checks += [f"NOT coalesce(epoch_us({column}) > {latest_allowed}, false)"
                for column in TIMESTAMP_COLUMNS[event_type]]
+    checks += [f"{column} IN ({', '.join(repr(value) for value in allowed)})"
+               for column, allowed in ALLOWED_VALUES[event_type].items()]
     return f"SELECT {', '.join(EVENT_COLUMNS[event_type])} FROM {source} WHERE " + " AND ".join(checks)
 
 

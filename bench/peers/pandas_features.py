@@ -27,6 +27,7 @@ import pandas as pd
 
 from bench.peers import (
     ACTIVITY,
+    ALLOWED_VALUES,
     CHARGEBACKS,
     EVENT_COLUMNS,
     MAX_FUTURE,
@@ -57,13 +58,16 @@ def read_events(history_dir: Path, event_type: str) -> pd.DataFrame:
 
 def valid_events(raw: pd.DataFrame, event_type: str, now: datetime) -> pd.DataFrame:
     """The rows ``cleaning.validate_typed_events`` accepts: no null in a required column,
-    no negative amount, no timestamp after ``now + MAX_FUTURE``."""
+    no negative amount, no timestamp after ``now + MAX_FUTURE``, no value outside the
+    declared ones."""
     valid = raw[list(REQUIRED_COLUMNS[event_type])].notna().all(axis=1)
     if "amount" in raw.columns:
         valid &= ~(raw["amount"] < 0)
     latest_allowed = pd.Timestamp(now) + MAX_FUTURE
     for column in TIMESTAMP_COLUMNS[event_type]:
         valid &= ~(raw[column] > latest_allowed)
+    for column, allowed in ALLOWED_VALUES[event_type].items():
+        valid &= raw[column].isin(allowed)
     return raw[valid]
 
 
