@@ -92,7 +92,7 @@ from pyspark.sql.types import StructType, TimestampType
 
 from plumbing.config import Config
 
-# Not used here: jobs/generate_events.py and notebooks/01 import it from this module.
+# Not used here: notebooks/01 imports it from this module.
 from plumbing.storage import filesystem_and_root  # noqa: F401
 from transformations.times import as_utc, utc_midnight
 

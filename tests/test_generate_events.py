@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs import generate_events as gen
+from jobs.events.sinks import open_filesystem
 from transformations import cleaning
 from transformations.schemas import ACTIVITY, CHARGEBACKS, EVENT_TYPES, SCHEMAS, TRANSACTIONS
 
@@ -212,7 +213,7 @@ def test_history_on_s3_round_trips_through_the_real_endpoint(s3_services, tmp_pa
     assert gen.main(["history", "--profile", "s3", "--out", uri, "--events", "2000", "--days", "2",
                      "--no-progress"]) == 0
     _history(tmp_path, events=2000, days=2)  # the same run, locally
-    filesystem, root = gen.open_filesystem(uri, s3_services)
+    filesystem, root = open_filesystem(uri, s3_services)
     try:
         for event_type in (TRANSACTIONS, ACTIVITY):
             from_s3 = pads.dataset(f"{root}/{event_type}", filesystem=filesystem, format="parquet").to_table()
