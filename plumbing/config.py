@@ -130,6 +130,14 @@ class ServicesConfig(_Section):
     start_timeout_s: float = Field(30.0, gt=0)
 
 
+class ServedLogConfig(_Section):
+    """The API's sample of its answers, kept in the lake table served_features (serving.served_log)."""
+
+    sample_fraction: float = Field(0.0, ge=0, le=1)  # of the answered entities; 0: off
+    buffer_rows: int = Field(10_000, ge=1)           # waiting for the next append; more are dropped (counted)
+    flush_interval_s: float = Field(5.0, gt=0)       # between appends
+
+
 class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8010, ge=1, le=65535)
@@ -139,6 +147,7 @@ class ServingConfig(_Section):
     max_entities: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1)
     request_timeout_s: float = Field(2.0, gt=0)
+    served_log: ServedLogConfig = ServedLogConfig()
 
 
 class Config(_Section):

@@ -20,6 +20,7 @@ Safety rules, all here or in the dependencies:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import logging
@@ -52,6 +53,7 @@ from serving.model_registry import (
 )
 from serving.online import async_redis_client
 from serving.routers import features, health, predict
+from serving.served_log import ServedLog, served_features_table
 
 log = logging.getLogger(__name__)
 OUTAGE_LOG_INTERVAL_S = 10.0  # during a Redis outage, log it at most this often (metrics count every error)
@@ -69,12 +71,15 @@ def create_app(cfg: Config, *, project: str = FEAST_PROJECT, model_name: str = M
         app.state.model_registry = ModelRegistry(cfg.mlflow.tracking_uri, model_name, model_alias,
                                                  model_poll_interval_s)
         await app.state.model_registry.start()
+        app.state.served_log = ServedLog(served_features_table(cfg), cfg.serving.served_log)
+        app.state.served_log.start()
         # Hundreds of thousands of long-lived objects (MLflow, Feast's plugin, the model)
         # made a full garbage collection stall every request for most of a second (measured):
         # move them out of the collector's sight.
         gc.freeze()
         yield
         await app.state.model_registry.stop()
+        await asyncio.to_thread(app.state.served_log.stop)  # the last append: off the event loop
         await app.state.redis.aclose()
 
     app = FastAPI(title="Tessera feature API", version="1",

@@ -46,6 +46,9 @@ MODEL_VERSION = Gauge("tessera_model_version", "The registered model version bei
                       multiprocess_mode="mostrecent")
 MODEL_RELOADS = Counter("tessera_model_reloads_total", "Model loads, by outcome (loaded, refused, failed).",
                         ["outcome"])
+SERVED_LOG_ROWS = Counter("tessera_served_log_rows_total",
+                          "Sampled answer rows for served_features, by outcome (sampled, dropped, written, failed).",
+                          ["outcome"])
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

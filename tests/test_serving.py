@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 from mlflow.models import infer_signature
 
@@ -587,6 +589,64 @@ def test_a_slow_redis_is_a_504_within_the_timeout(isolated_redis_cfg, project, m
         assert time.monotonic() - started < 1.5  # the 0.5 s budget, not Redis's 2 s pause
         time.sleep(2)
         assert client.post("/v1/features", json=features).status_code == 200
+
+
+# ---- served features, sampled into the lake -----------------------------------------------------
+def _served_rows(table_uri: str) -> list[dict]:
+    return DeltaTable(table_uri).to_pyarrow_table().sort_by("endpoint").to_pylist()
+
+
+def _metric(text: str, outcome: str) -> float:
+    match = re.search(rf'^tessera_served_log_rows_total{{outcome="{outcome}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_every_sampled_answer_lands_in_served_features_as_answered(project, models, stored, tmp_path):
+    name, _ = models
+    cfg = local_cfg_with(LAKE__ROOT=str(tmp_path), SERVING__REQUEST_TIMEOUT_S="30",
+                         SERVING__SERVED_LOG__SAMPLE_FRACTION="1")
+    entities = [{"user_id": "u-1", "merchant_id": "m-1"}, {"user_id": "nobody", "merchant_id": "m-2"}]
+    with TestClient(create_app(cfg, project=project, model_name=name)) as client:
+        features = client.post("/v1/features", json={"feature_service": SERVICE, "entities": entities}).json()
+        scored = client.post("/v1/predict", json={"transactions": [transaction("t-log", "u-2", "m-3")]}).json()
+    # Leaving the app appended what was buffered.
+    rows = _served_rows(str(tmp_path / "served_features"))
+    assert [row["endpoint"] for row in rows] == ["features", "features", "predict"]
+    for row, result in zip(rows[:2], features["results"], strict=True):
+        assert dict(row["entity"]) == result["entity"]
+        assert [dict(row["feature_values"])[ref] for ref in features["features"]] == result["values"]
+        assert [dict(row["feature_statuses"])[ref] for ref in features["features"]] == result["statuses"]
+        assert row["model_version"] is None and row["score"] is None
+    assert set(dict(rows[1]["feature_statuses"]).values()) >= {"missing"}  # the unknown user
+    predicted = rows[2]
+    assert dict(predicted["entity"]) == {"user_id": "u-2", "merchant_id": "m-3", "transaction_id": "t-log"}
+    assert [predicted["model_name"], predicted["model_version"]] == list(scored["model"].values())
+    assert predicted["score"] == scored["predictions"][0]["score"]
+    assert set(dict(predicted["feature_values"])) == set(ONLINE_MODEL_REFS)
+
+
+def test_a_full_buffer_drops_and_counts_samples_and_the_answers_go_on(project, models, stored, tmp_path):
+    name, _ = models
+    cfg = local_cfg_with(LAKE__ROOT=str(tmp_path), SERVING__REQUEST_TIMEOUT_S="30",
+                         SERVING__SERVED_LOG__SAMPLE_FRACTION="1", SERVING__SERVED_LOG__BUFFER_ROWS="2",
+                         SERVING__SERVED_LOG__FLUSH_INTERVAL_S="3600")
+    entities = [{"user_id": f"u-{number}", "merchant_id": "m-0"} for number in range(5)]
+    with TestClient(create_app(cfg, project=project, model_name=name)) as client:
+        before = client.get("/metrics").text
+        answer = client.post("/v1/features", json={"feature_service": SERVICE, "entities": entities})
+        after = client.get("/metrics").text
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 5
+    assert _metric(after, "dropped") - _metric(before, "dropped") == 3
+    assert [dict(row["entity"])["user_id"] for row in _served_rows(str(tmp_path / "served_features"))] == ["u-0", "u-1"]
+
+
+def test_no_sampling_writes_no_table(project, models, stored, tmp_path):
+    name, _ = models
+    cfg = local_cfg_with(LAKE__ROOT=str(tmp_path), SERVING__SERVED_LOG__SAMPLE_FRACTION="0")
+    with TestClient(create_app(cfg, project=project, model_name=name)) as client:
+        body = {"feature_service": SERVICE, "entities": [{"user_id": "u-1", "merchant_id": "m-1"}]}
+        assert client.post("/v1/features", json=body).status_code == 200
+    assert not (tmp_path / "served_features").exists()
 
 
 # ---- metrics, docs, the server -------------------------------------------------------------

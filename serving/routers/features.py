@@ -45,7 +45,12 @@ async def answer_features(state: State, body: FeaturesRequest) -> Response:
     # The answer is built as plain data and serialized once (pydantic-core): FeaturesResponse
     # documents it, and the tests check answers against it, but validating every answer
     # again against the model costed more than the rest of the request.
-    return json_response({"features": plan.refs, "results": entity_results(plan, entity_rows, rows, now)})
+    results = entity_results(plan, entity_rows, rows, now)
+    served_log = state.served_log
+    sampled = served_log.sample(len(results))
+    if sampled:
+        served_log.add("features", now, plan.refs, [results[number] for number in sampled])
+    return json_response({"features": plan.refs, "results": results})
 
 
 def entity_results(plan: OnlineStoreReader.Plan, entity_rows: list[dict[str, str]], rows: Rows,

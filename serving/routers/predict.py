@@ -22,6 +22,7 @@ from serving.dependencies import (
 from serving.model_registry import HOUR_OF_DAY, RATIO_MEAN_REF, LoadedModel
 from serving.models import ERROR_RESPONSES, PREDICT_EXAMPLES, PredictRequest, PredictResponse, Transaction
 from serving.online import Rows, read_rows
+from serving.routers.features import entity_results
 from transformations.on_demand import amount_to_mean_ratio_value
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -59,6 +60,13 @@ async def answer_predict(state: State, body: PredictRequest) -> Response:
         scores = model.score(inputs)  # ~0.15 ms a row: on the event loop, no thread hand-off
     else:  # the pyfunc model: milliseconds, off the event loop
         scores = await run_blocking(settings, model.score, inputs)
+    sampled = state.served_log.sample(len(transactions))
+    if sampled:
+        entities = [{**entity_rows[number], "transaction_id": transactions[number].transaction_id}
+                    for number in sampled]
+        results = entity_results(plan, entities, [rows[number] for number in sampled], now)
+        state.served_log.add("predict", now, plan.refs, results, (model.name, model.version),
+                             [float(scores[number]) for number in sampled])
     return json_response({
         "model": {"name": model.name, "version": model.version},
         "predictions": [{"transaction_id": transaction.transaction_id, "score": float(score),
