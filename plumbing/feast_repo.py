@@ -94,15 +94,6 @@ def feature_store(cfg: Config, project: str = FEAST_PROJECT, directory: Path | N
     return FeatureStore(repo_path=str(REPO_DIR), fs_yaml_file=path)
 
 
-def apply(cfg: Config, project: str = FEAST_PROJECT, directory: Path | None = None):
-    """Moved to :func:`feature_repo.apply` (plumbing does not import feature_repo). Kept
-    until tests/test_online_store.py, under another change now, calls that: the one
-    exception tests/test_layers.py allows, by name."""
-    import feature_repo
-
-    return feature_repo.apply(cfg, project, directory)
-
-
 def feast_command(cfg: Config, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """Feast's CLI command line and environment for ``cfg`` (the yaml is written first)."""
     path = write_feature_store_yaml(cfg)

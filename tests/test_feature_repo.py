@@ -14,6 +14,7 @@ import pytest
 import yaml
 from deltalake import write_deltalake
 
+import feature_repo
 from feature_repo.feature_services import FEATURE_SERVICE_TABLES, feature_refs
 from plumbing import feast_repo
 from plumbing.config import REPO_ROOT, load_config
@@ -46,7 +47,7 @@ def test_feature_store_yaml_comes_from_the_profile(local_cfg, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_store(local_services, tmp_path_factory):
-    store = feast_repo.apply(local_services, project=project_name(), directory=tmp_path_factory.mktemp("feast"))
+    store = feature_repo.apply(local_services, project=project_name(), directory=tmp_path_factory.mktemp("feast"))
     yield store
     client = redis_client(RedisSettings.from_config(local_services))
     for key in client.scan_iter(match=b"*" + store.project.encode(), count=10_000):
@@ -121,7 +122,7 @@ def test_historical_features_are_point_in_time(profile, request, tmp_path):
     lake_root = str(tmp_path / "lake") if profile == "local" else f"s3://{base_cfg.s3.buckets[0]}/tests/{uuid.uuid4().hex[:8]}"
     cfg = load_config(profile, environ={**os.environ, "TESSERA__LAKE__ROOT": lake_root})
     write_lake(cfg)
-    store = feast_repo.apply(cfg, project=project_name(), directory=tmp_path / "feast")
+    store = feature_repo.apply(cfg, project=project_name(), directory=tmp_path / "feast")
 
     # (user, merchant, time) -> expected (txn_count_1h, logins_1h, merchant_txn_count_30d)
     cases = [

@@ -27,11 +27,8 @@ ALLOWED = {
     "serving": {"plumbing", "transformations"},
     "jobs": {"serving", "feature_repo", "plumbing", "expectations", "transformations"},
 }
-# (importing module, imported package): why it is allowed for now.
-EXCEPTIONS = {
-    ("plumbing.feast_repo", "feature_repo"): "apply() forwards to feature_repo.apply until "
-                                             "tests/test_online_store.py, under another change, calls that",
-}
+# (importing module, imported package): why it is allowed for now. None today.
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _imports(path) -> set[str]:

@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+import feature_repo
 from feature_repo.feature_services import feature_refs
-from plumbing import feast_repo
 from plumbing.online_store import (
     EXPIRED,
     MISSING,
@@ -87,7 +87,7 @@ def projects(client):
 
 @pytest.fixture(scope="module")
 def feast_store(cfg, projects, tmp_path_factory):
-    return feast_repo.apply(cfg, project=projects["feast"], directory=tmp_path_factory.mktemp("feast"))
+    return feature_repo.apply(cfg, project=projects["feast"], directory=tmp_path_factory.mktemp("feast"))
 
 
 def test_wire_format_is_feasts():
