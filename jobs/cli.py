@@ -21,6 +21,8 @@ from plumbing.services import SERVICE_NAMES, ServiceError
 JOBS = {
     "generate": ("jobs.generate_events", "generate raw events: history (Parquet) "
                                          "or live (JSON lines to Kafka or the landing folder)"),
+    "ingest": ("jobs.ingest", "bring an export (CSV, Parquet, JSON lines) into the raw history "
+                              "with a column mapping; malformed rows to dead letters"),
     "batch-features": ("jobs.batch_features", "compute, validate, publish and track the feature tables"),
     "feast": ("plumbing.feast_repo", "the Feast registry of the profile: apply, materialize, serve; "
                                      "ui: the feature catalog in Feast's web UI"),

@@ -11,6 +11,10 @@
     Malformed records with the raw record, the reason and the arrival time. Two tables,
     because a batch re-run replaces its range of dead letters (so each malformed history
     row is filed once) and must not erase what the stream filed in the same days.
+
+``ingest_dead_letter_<event_type>`` (``tessera ingest``)
+    The rows of an imported file that do not fit, with the source row as it was read and
+    the import's id: a table of its own, so the batch job's re-runs never erase them.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def bronze_table(cfg: Config, event_type: str) -> LakeTable:
     return LakeTable.for_config(cfg, f"bronze_{event_type}", time_column=EVENT_TIME)
 
 
-def dead_letter_table(cfg: Config, event_type: str, source: Literal["batch", "stream"]) -> LakeTable:
-    name = f"dead_letter_{event_type}" if source == "batch" else f"stream_dead_letter_{event_type}"
+def dead_letter_table(cfg: Config, event_type: str, source: Literal["batch", "stream", "ingest"]) -> LakeTable:
+    name = {"batch": f"dead_letter_{event_type}", "stream": f"stream_dead_letter_{event_type}",
+            "ingest": f"ingest_dead_letter_{event_type}"}[source]
     return LakeTable.for_config(cfg, name, time_column=FILED_AT)

@@ -19,6 +19,8 @@ from jobs import cli
 from plumbing.config import REPO_ROOT
 
 A_DAY, THE_DAY_BEFORE = "2026-12-03", "2026-11-01"
+EXAMPLE_MAPPING = REPO_ROOT / "docs" / "examples" / "ingest_transactions.yaml"
+README = REPO_ROOT / "README.md"  # not a mapping
 
 # (module whose main(argv) runs, argv): "jobs.cli" is the console command itself.
 CASES = [
@@ -37,6 +39,14 @@ CASES = [
     ("jobs.batch_features", ["--start", "2026-13-01", "--end", A_DAY]),
     ("jobs.batch_features", ["--start", THE_DAY_BEFORE, "--end", A_DAY, "--tables", "no_such_table"]),
     ("jobs.batch_features", ["--start", THE_DAY_BEFORE, "--end", A_DAY, "--profile", "no-such-profile"]),
+    ("jobs.ingest", []),
+    ("jobs.ingest", ["no_such_events", "export.csv", "--mapping", str(EXAMPLE_MAPPING)]),
+    ("jobs.ingest", ["transactions", "export.csv"]),
+    ("jobs.ingest", ["transactions", "export.csv", "--mapping", "no-such-mapping.yaml"]),
+    ("jobs.ingest", ["activity", "export.csv", "--mapping", str(EXAMPLE_MAPPING)]),
+    ("jobs.ingest", ["transactions", "export.txt", "--mapping", str(README)]),
+    ("jobs.ingest", ["transactions", "export.csv", "--mapping", str(EXAMPLE_MAPPING), "--format", "xls"]),
+    ("jobs.ingest", ["transactions", "export.csv", "--mapping", str(EXAMPLE_MAPPING), "--profile", "no-such-profile"]),
     ("plumbing.feast_repo", ["no-such-command"]),
     ("plumbing.feast_repo", ["apply", "--profile", "no-such-profile"]),
     ("jobs.stream_features", ["--no-such-option"]),

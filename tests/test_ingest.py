@@ -1,0 +1,214 @@
+"""`tessera ingest` on a card export in a foreign shape, with the docs' example mapping, on real
+Spark, real Parquet and Delta files and the profile's real MLflow; and its bad input, each a test:
+a clear message and nothing written, or dead letters, and nothing landed before is lost."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import ingest
+from plumbing.config import REPO_ROOT, load_config
+from plumbing.event_tables import dead_letter_table
+from plumbing.raw_events import history_uri, read_history
+
+MAPPING = REPO_ROOT / "docs" / "examples" / "ingest_transactions.yaml"
+HEADER = "txn_ref,card_number,merchant_name,amount_eur,category,booked_at,terminal,country_code"
+# Naive local times in Europe/Berlin across the night the clocks went forward (2026-03-29,
+# 02:00 CET -> 03:00 CEST): 01:30 is UTC+1, 03:30 is UTC+2. Card numbers as ids; merchant
+# names quoted, with commas.
+EXPORT = [
+    '9001,4111111111111111,"Café Müller, Berlin",12.50,food_net,28.03.2026 23:50:00,T-17,DE',
+    '9002,4111111111111111,"Bäckerei Schmidt, Hamburg",3.20,bakery,29.03.2026 01:30:00,T-17,DE',
+    '9003,5500000000000004,"Online Shop, GmbH & Co. KG",99.99,retail_net,29.03.2026 03:30:00,T-03,DE',
+    '9004,5500000000000004,Kiosk,7,kiosk,29.03.2026 12:00:00,T-03,AT',
+]
+EXPECTED_UTC = {"9001": "2026-03-28 22:50:00", "9002": "2026-03-29 00:30:00",
+                "9003": "2026-03-29 01:30:00", "9004": "2026-03-29 10:00:00"}
+
+
+@pytest.fixture
+def cfg(local_services, tmp_path, monkeypatch):
+    """The local profile's services, a lake and history of the test's own (main() reads the
+    same settings from the environment)."""
+    monkeypatch.setenv("TESSERA__LAKE__ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("TESSERA__EVENTS__HISTORY_URI", str(tmp_path / "history"))
+    return load_config("local")
+
+
+def _export(tmp_path, rows, name="export.csv", header=HEADER):
+    path = tmp_path / name
+    path.write_text("".join(f"{line}\n" for line in [header, *rows]) if header is not None else "",
+                    encoding="utf-8")
+    return str(path)
+
+
+def _ingest(cfg, spark, path, mapping=MAPPING):
+    return ingest.run(cfg, "transactions", path, ingest.load_mapping(str(mapping), "transactions"), "csv",
+                      spark=spark)
+
+
+def _landed(cfg, spark):
+    return {row.transaction_id: row for row in read_history(spark, cfg, "transactions")
+            .withColumn("utc", F.date_format("event_time", "yyyy-MM-dd HH:mm:ss")).collect()}
+
+
+def _dead_letters(cfg, spark):
+    return {(row.reject_reason, row.raw) for row in dead_letter_table(cfg, "transactions", "ingest").read(spark)
+            .collect()}
+
+
+def _history_files(cfg):
+    from pathlib import Path
+    return sorted(str(p.relative_to(history_uri(cfg, "transactions")))
+                  for p in Path(history_uri(cfg, "transactions")).rglob("*.parquet"))
+
+
+def _mapping_line(key):
+    return next(number for number, line in enumerate(MAPPING.read_text().splitlines(), start=1)
+                if line.startswith(f"  {key}:"))
+
+
+def _main(cfg, argv, capsys):
+    code = ingest.main(["--profile", "local", *argv])
+    return code, capsys.readouterr()
+
+
+# ------------------------------------------------------------------ the worked example
+def test_an_export_in_a_foreign_shape_lands_with_utc_instants_and_string_ids(cfg, spark, tmp_path, capsys):
+    code, out = _main(cfg, ["transactions", _export(tmp_path, EXPORT), "--mapping", str(MAPPING)], capsys)
+    assert code == 0, out.err
+    landed = _landed(cfg, spark)
+    assert {tid: row.utc for tid, row in landed.items()} == EXPECTED_UTC
+    assert landed["9001"].user_id == "4111111111111111"  # the card number, as text
+    assert landed["9001"].merchant_id == "Café Müller, Berlin"
+    assert landed["9003"].merchant_id == "Online Shop, GmbH & Co. KG"
+    assert {tid: row.channel for tid, row in landed.items()} == {"9001": "web", "9002": "pos", "9003": "web",
+                                                                "9004": "pos"}
+    assert landed["9004"].amount == 7.0 and landed["9004"].currency == "EUR" and landed["9004"].country == "AT"
+    # Filed by the UTC date: 23:50 local on the 28th is the 28th in UTC, 01:30 local on the 29th is the 29th.
+    assert [f.split("/")[0] for f in _history_files(cfg)] == ["date=2026-03-28", "date=2026-03-29"]
+    assert "rows landed   4" in out.out and "rows rejected 0" in out.out
+    assert "time range    2026-03-28 22:50:00 .. 2026-03-29 10:00:00 (UTC)" in out.out
+    run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).search_runs(
+        [mlflow.get_experiment_by_name("tessera/feature-tables").experiment_id],
+        filter_string="tags.table = 'ingest.transactions'", order_by=["start_time DESC"], max_results=1)[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["rows_landed"] == 4 and run.data.metrics["validation_success"] == 1.0
+    assert run.data.metrics["distinct_user_id"] == 2 and run.data.metrics["distinct_merchant_id"] == 4
+    assert run.data.tags["validation_suite"] == "raw_events.transactions"
+
+
+def test_reingesting_the_same_file_adds_nothing(cfg, spark, tmp_path):
+    path = _export(tmp_path, [*EXPORT, '9005,4111111111111111,Kiosk,-1.00,kiosk,29.03.2026 13:00:00,T-03,DE'])
+    first = _ingest(cfg, spark, path)
+    files, dead = _history_files(cfg), _dead_letters(cfg, spark)
+    again = _ingest(cfg, spark, path)
+    assert again.import_id == first.import_id
+    assert again.files_written == [] and len(again.files_already_there) == len(first.files_written) == 2
+    assert again.dead_letters_written == 0 and first.dead_letters_written == 1
+    assert _history_files(cfg) == files
+    assert len(_landed(cfg, spark)) == 4 and read_history(spark, cfg, "transactions").count() == 4
+    assert dead_letter_table(cfg, "transactions", "ingest").read(spark).count() == 1 == len(dead)
+    # The same rows in another order are the same import; other rows are another import.
+    reordered = _ingest(cfg, spark, _export(tmp_path, reversed(_rows(path)), "reordered.csv"))
+    assert reordered.import_id == first.import_id and reordered.files_written == []
+    other = _ingest(cfg, spark, _export(tmp_path, EXPORT[:3], "fewer.csv"))
+    assert other.import_id != first.import_id and len(other.files_written) == 2
+
+
+# ------------------------------------------------------------------ bad input
+def test_a_wrong_delimiter_is_refused_naming_the_column_and_nothing_is_written(cfg, spark, tmp_path, capsys):
+    rows = [line.replace(",", ";") for line in EXPORT if '"' not in line]
+    code, out = _main(cfg, ["transactions", _export(tmp_path, rows, header=HEADER.replace(",", ";")),
+                            "--mapping", str(MAPPING)], capsys)
+    assert code == 2
+    message = out.err.strip().splitlines()[-1]
+    assert f"no column 'txn_ref' in the input, named by {MAPPING}, line {_mapping_line('transaction_id')}, " \
+           f"key 'transaction_id'" in message
+    assert "is the delimiter right?" in message
+    assert _history_files(cfg) == [] and not dead_letter_table(cfg, "transactions", "ingest").exists()
+
+
+def test_a_missing_required_column_names_it_and_the_mapping_key(cfg, spark, tmp_path, capsys):
+    header = HEADER.replace(",terminal", "")
+    rows = [line.replace(",T-17", "").replace(",T-03", "") for line in EXPORT]
+    code, out = _main(cfg, ["transactions", _export(tmp_path, rows, header=header), "--mapping", str(MAPPING)],
+                      capsys)
+    assert code == 2
+    message = out.err.strip().splitlines()[-1]
+    assert message.startswith("ingest: no column 'terminal' in the input")
+    assert f"line {_mapping_line('device_id')}, key 'device_id'" in message
+    assert _history_files(cfg) == [] and not dead_letter_table(cfg, "transactions", "ingest").exists()
+
+
+def test_an_expression_naming_a_missing_column_names_it_and_the_mapping_key(cfg, spark, tmp_path, capsys):
+    header = HEADER.replace(",category", "")
+    rows = [",".join(part for i, part in enumerate(_split(line)) if i != 4) for line in EXPORT]
+    code, out = _main(cfg, ["transactions", _export(tmp_path, rows, header=header), "--mapping", str(MAPPING)],
+                      capsys)
+    assert code == 2
+    message = out.err.strip().splitlines()[-1]
+    assert "no column `category` in the input" in message
+    assert f"line {_mapping_line('channel')}, key 'channel'" in message
+    assert _history_files(cfg) == []
+
+
+def test_a_time_that_does_not_parse_in_the_format_is_a_wrong_type_dead_letter(cfg, spark, tmp_path):
+    bad = '9005,4111111111111111,Kiosk,5.00,kiosk,2026-03-29 13:00,T-03,DE'
+    result = _ingest(cfg, spark, _export(tmp_path, [*EXPORT, bad]))
+    assert result.rows_read == 5 and result.rows_landed == 4
+    assert result.rejected == {"wrong_type:event_time": 1}
+    [(reason, raw)] = _dead_letters(cfg, spark)
+    assert reason == "wrong_type:event_time"
+    assert '"booked_at":"2026-03-29 13:00"' in raw and '"txn_ref":"9005"' in raw  # the row as it was read
+    assert set(_landed(cfg, spark)) == set(EXPECTED_UTC)
+
+
+def test_negative_and_non_numeric_amounts_are_dead_letters(cfg, spark, tmp_path):
+    negative = '9005,4111111111111111,Kiosk,-5.00,kiosk,29.03.2026 13:00:00,T-03,DE'
+    decimal_comma = '9006,4111111111111111,Kiosk,"12,50",kiosk,29.03.2026 13:05:00,T-03,DE'
+    result = _ingest(cfg, spark, _export(tmp_path, [*EXPORT, negative, decimal_comma]))
+    assert result.rejected == {"negative_amount": 1, "wrong_type:amount": 1}
+    dead = dict(_dead_letters(cfg, spark))
+    assert '"amount_eur":"-5.00"' in dead["negative_amount"]
+    assert '"amount_eur":"12,50"' in dead["wrong_type:amount"]
+    assert set(_landed(cfg, spark)) == set(EXPECTED_UTC)
+
+
+@pytest.mark.parametrize("header", [None, HEADER], ids=["empty file", "header only"])
+def test_an_empty_file_is_refused_and_nothing_is_written(cfg, spark, tmp_path, capsys, header):
+    code, out = _main(cfg, ["transactions", _export(tmp_path, [], header=header), "--mapping", str(MAPPING)],
+                      capsys)
+    assert code == 2
+    assert "has no data" in out.err.strip().splitlines()[-1]
+    assert _history_files(cfg) == [] and not dead_letter_table(cfg, "transactions", "ingest").exists()
+
+
+def test_nothing_already_landed_is_lost_when_a_later_ingest_fails(cfg, spark, tmp_path, capsys):
+    _ingest(cfg, spark, _export(tmp_path, EXPORT))
+    before, files = _landed(cfg, spark), _history_files(cfg)
+    # A later export of the same days: refused by its mapping (a missing column) ...
+    header = HEADER.replace(",terminal", "")
+    later = ['9101,4111111111111111,Kiosk,1.00,kiosk,29.03.2026 14:00:00,DE']
+    code, _ = _main(cfg, ["transactions", _export(tmp_path, later, "later.csv", header=header),
+                          "--mapping", str(MAPPING)], capsys)
+    assert code == 2
+    # ... and one that fails validation (an amount above the suite's maximum): nothing of it lands.
+    huge = ['9102,4111111111111111,Kiosk,5000000,kiosk,29.03.2026 14:00:00,T-03,DE']
+    code, out = _main(cfg, ["transactions", _export(tmp_path, huge, "huge.csv"), "--mapping", str(MAPPING)], capsys)
+    assert code == 1 and "validation failed, nothing landed" in out.err
+    assert _history_files(cfg) == files
+    assert {tid: row.asDict() for tid, row in _landed(cfg, spark).items()} == \
+           {tid: row.asDict() for tid, row in before.items()}
+
+
+def _rows(path):
+    return open(path, encoding="utf-8").read().splitlines()[1:]
+
+
+def _split(line):
+    """A CSV line's fields (the quoted ones keep their quotes)."""
+    import csv
+    import io
+    return [f'"{field}"' if "," in field else field for field in next(csv.reader(io.StringIO(line)))]
