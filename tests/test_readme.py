@@ -107,3 +107,16 @@ def test_docs_commands_are_kinds_the_doc_test_runs(page):
         if words[0] == "curl" and page.name != "adding_a_feature.md":
             path = re.sub(r"^(https?://)?[^/]+", "", next(word for word in words if word.startswith("localhost:")))
             REQUEST_MODELS[path].model_validate(json.loads(words[words.index("-d") + 1]))
+
+
+def test_the_production_sizing_quotes_the_readmes_benchmarks():
+    """docs/production.md's sizing figures are the README's measured ones: every figure of
+    its Sizing section written with a decimal point or thousands separator (4,730 events/s,
+    p99 10.2 s) appears in the README, so a new benchmark run cannot leave it contradicting."""
+    page = (REPO_ROOT / "docs" / "production.md").read_text()
+    sizing = page.split("\n## Sizing\n", 1)[1].split("\n## ", 1)[0]
+    figures = set(re.findall(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w,])|(?<![\w.,])\d+\.\d+(?![\w.])", sizing))
+    assert len(figures) >= 10, f"the Sizing section quotes too few figures to check: {sorted(figures)}"
+    absent = sorted(figure for figure in figures
+                    if not re.search(rf"(?<![\d.,]){re.escape(figure)}(?![\d]|[.,]\d)", README))
+    assert not absent, f"docs/production.md's Sizing quotes figures the README's benchmarks do not hold: {absent}"
