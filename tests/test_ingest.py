@@ -15,16 +15,18 @@ from plumbing.raw_events import history_uri, read_history
 MAPPING = REPO_ROOT / "docs" / "examples" / "ingest_transactions.yaml"
 HEADER = "txn_ref,card_number,merchant_name,amount_eur,category,booked_at,terminal,country_code"
 # Naive local times in Europe/Berlin across the night the clocks went forward (2026-03-29,
-# 02:00 CET -> 03:00 CEST): 01:30 is UTC+1, 03:30 is UTC+2. Card numbers as ids; merchant
+# 02:00 CET -> 03:00 CEST): 01:30 is UTC+1, 03:30 is UTC+2, and 02:30, which that night
+# skips, is read as 03:30 (docs/your_own_events.md says so). Card numbers as ids; merchant
 # names quoted, with commas.
 EXPORT = [
     '9001,4111111111111111,"Café Müller, Berlin",12.50,food_net,28.03.2026 23:50:00,T-17,DE',
     '9002,4111111111111111,"Bäckerei Schmidt, Hamburg",3.20,bakery,29.03.2026 01:30:00,T-17,DE',
     '9003,5500000000000004,"Online Shop, GmbH & Co. KG",99.99,retail_net,29.03.2026 03:30:00,T-03,DE',
     '9004,5500000000000004,Kiosk,7,kiosk,29.03.2026 12:00:00,T-03,AT',
+    '9000,4111111111111111,"Tankstelle, A7",45.00,fuel,29.03.2026 02:30:00,T-09,DE',
 ]
 EXPECTED_UTC = {"9001": "2026-03-28 22:50:00", "9002": "2026-03-29 00:30:00",
-                "9003": "2026-03-29 01:30:00", "9004": "2026-03-29 10:00:00"}
+                "9003": "2026-03-29 01:30:00", "9004": "2026-03-29 10:00:00", "9000": "2026-03-29 01:30:00"}
 
 
 @pytest.fixture
@@ -84,18 +86,18 @@ def test_an_export_in_a_foreign_shape_lands_with_utc_instants_and_string_ids(cfg
     assert landed["9001"].merchant_id == "Café Müller, Berlin"
     assert landed["9003"].merchant_id == "Online Shop, GmbH & Co. KG"
     assert {tid: row.channel for tid, row in landed.items()} == {"9001": "web", "9002": "pos", "9003": "web",
-                                                                "9004": "pos"}
+                                                                "9004": "pos", "9000": "pos"}
     assert landed["9004"].amount == 7.0 and landed["9004"].currency == "EUR" and landed["9004"].country == "AT"
     # Filed by the UTC date: 23:50 local on the 28th is the 28th in UTC, 01:30 local on the 29th is the 29th.
     assert [f.split("/")[0] for f in _history_files(cfg)] == ["date=2026-03-28", "date=2026-03-29"]
-    assert "rows landed   4" in out.out and "rows rejected 0" in out.out
+    assert "rows landed   5" in out.out and "rows rejected 0" in out.out
     assert "time range    2026-03-28 22:50:00 .. 2026-03-29 10:00:00 (UTC)" in out.out
     run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).search_runs(
         [mlflow.get_experiment_by_name("tessera/feature-tables").experiment_id],
         filter_string="tags.table = 'ingest.transactions'", order_by=["start_time DESC"], max_results=1)[0]
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["rows_landed"] == 4 and run.data.metrics["validation_success"] == 1.0
-    assert run.data.metrics["distinct_user_id"] == 2 and run.data.metrics["distinct_merchant_id"] == 4
+    assert run.data.metrics["rows_landed"] == 5 and run.data.metrics["validation_success"] == 1.0
+    assert run.data.metrics["distinct_user_id"] == 2 and run.data.metrics["distinct_merchant_id"] == 5
     assert run.data.tags["validation_suite"] == "raw_events.transactions"
 
 
@@ -108,7 +110,7 @@ def test_reingesting_the_same_file_adds_nothing(cfg, spark, tmp_path):
     assert again.files_written == [] and len(again.files_already_there) == len(first.files_written) == 2
     assert again.dead_letters_written == 0 and first.dead_letters_written == 1
     assert _history_files(cfg) == files
-    assert len(_landed(cfg, spark)) == 4 and read_history(spark, cfg, "transactions").count() == 4
+    assert len(_landed(cfg, spark)) == 5 and read_history(spark, cfg, "transactions").count() == 5
     assert dead_letter_table(cfg, "transactions", "ingest").read(spark).count() == 1 == len(dead)
     # The same rows in another order are the same import; other rows are another import.
     reordered = _ingest(cfg, spark, _export(tmp_path, reversed(_rows(path)), "reordered.csv"))
@@ -157,7 +159,7 @@ def test_an_expression_naming_a_missing_column_names_it_and_the_mapping_key(cfg,
 def test_a_time_that_does_not_parse_in_the_format_is_a_wrong_type_dead_letter(cfg, spark, tmp_path):
     bad = '9005,4111111111111111,Kiosk,5.00,kiosk,2026-03-29 13:00,T-03,DE'
     result = _ingest(cfg, spark, _export(tmp_path, [*EXPORT, bad]))
-    assert result.rows_read == 5 and result.rows_landed == 4
+    assert result.rows_read == 6 and result.rows_landed == 5
     assert result.rejected == {"wrong_type:event_time": 1}
     [(reason, raw)] = _dead_letters(cfg, spark)
     assert reason == "wrong_type:event_time"
