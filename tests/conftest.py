@@ -86,6 +86,26 @@ def local_services(local_cfg) -> Config:
 
 
 @pytest.fixture(scope="session")
+def batch_job_lake(local_services, spark, tmp_path_factory):
+    """One run of the batch job, every table, on the local profile: a generated history of
+    ``BATCH_EVENTS`` over three days, 1 % of them malformed (so it writes every kind of
+    table it writes: features, bronze and dead letters). Returns ``(cfg, results)``.
+
+    Computed once per test run (a run costs 35-80 s here) and shared by the batch job's
+    tests, which re-run ranges on it (each re-run replaces its range: the tables stay what
+    one run writes), and by the lake's test that opens every table the job wrote."""
+    from jobs import batch_features
+    from tests.generated_lake import BATCH_END, BATCH_NOW, BATCH_START, generate_batch_history
+
+    root = tmp_path_factory.mktemp("batch_job_lake")
+    cfg = load_config("local", environ={**os.environ, "TESSERA__LAKE__ROOT": str(root / "lake"),
+                                        "TESSERA__EVENTS__HISTORY_URI": str(root / "history")})
+    generate_batch_history(cfg)
+    results = batch_features.run(cfg, BATCH_START, BATCH_END, now=BATCH_NOW, online=False, spark=spark)
+    return cfg, results
+
+
+@pytest.fixture(scope="session")
 def s3_services(s3_cfg) -> Config:
     """Redis, the S3 endpoint (buckets created) and MLflow of the s3 profile."""
     services.up(s3_cfg)

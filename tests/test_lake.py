@@ -20,7 +20,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
-from plumbing.config import load_config
 from plumbing.lake import MODE_KEY, RANGE_KEY, LakeConflictError, LakeError, LakeSchemaError, LakeTable, table_uri
 from plumbing.storage import delete_tree
 
@@ -334,26 +333,17 @@ def test_restore_makes_an_old_version_current_in_a_new_commit(spark, local_table
 
 
 # ---------------------------------------------------------------------- what the project writes
-def test_every_table_the_batch_job_writes_opens_as_a_notebook_user_would_open_it(local_services, spark,
-                                                                                  tmp_path):
-    """The batch job on a small generated history (with malformed rows: dead letters), then
-    each table it wrote, opened with delta-spark's own two entry points and nothing of ours."""
+def test_every_table_the_batch_job_writes_opens_as_a_notebook_user_would_open_it(batch_job_lake, spark):
+    """The batch job on a small generated history (with malformed rows: dead letters; the
+    session's ``batch_job_lake``, tests/conftest.py), then each table it wrote, opened with
+    delta-spark's own two entry points and nothing of ours."""
     from delta.tables import DeltaTable
 
-    from jobs import batch_features, generate_events
     from plumbing.event_tables import bronze_table, dead_letter_table
     from transformations.catalog import FEATURE_TABLES
     from transformations.schemas import EVENT_TYPES
 
-    cfg = load_config("local", environ={**os.environ, "TESSERA__LAKE__ROOT": str(tmp_path / "lake"),
-                                        "TESSERA__EVENTS__HISTORY_URI": str(tmp_path / "history")})
-    start = date(2026, 1, 1)
-    assert generate_events.main(["history", "--out", cfg.events.history_uri, "--profile", "local",
-                                 "--events", "3000", "--days", "3", "--start-date", start.isoformat(),
-                                 "--partition-by-date", "--no-progress", "--seed", "7",
-                                 "--malformed-fraction", "0.01"]) == 0
-    results = batch_features.run(cfg, start, date(2026, 1, 4), now=datetime(2026, 1, 4, tzinfo=timezone.utc),
-                                 online=False, spark=spark)
+    cfg, results = batch_job_lake
     assert all(result.published for result in results)
 
     written = [*(table_uri(cfg, name) for name in FEATURE_TABLES),
