@@ -42,12 +42,18 @@ def _workers_alive(ui_port: int) -> int:
 
 @contextmanager
 def standalone_cluster(folder: Path, workers: int = 2, cores: int = 1, memory: str = "3g",
-                       timeout_s: float = 90) -> Iterator[str]:
-    """Start a master and ``workers`` workers on 127.0.0.1; yield the master URL; stop them all."""
+                       timeout_s: float = 90, java_options: str = "") -> Iterator[str]:
+    """Start a master and ``workers`` workers on 127.0.0.1; yield the master URL; stop them all.
+
+    ``java_options`` go to every JVM of the cluster: the master, the workers and the
+    executors they start (which inherit the workers' environment), through
+    ``JAVA_TOOL_OPTIONS``. The tests pass conftest.TEST_JVM_OPTIONS (C1 only, serial GC)."""
     folder.mkdir(parents=True, exist_ok=True)
     port, ui_port = free_port(), free_port()
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder),
            "PYSPARK_PYTHON": sys.executable, "SPARK_NO_DAEMONIZE": "1"}
+    if java_options:
+        env["JAVA_TOOL_OPTIONS"] = java_options
     processes = [_start([str(SPARK_CLASS), "org.apache.spark.deploy.master.Master",
                          "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui_port)],
                         folder / "master.log", env)]

@@ -26,6 +26,7 @@ from plumbing.config import REPO_ROOT, load_config
 from plumbing.event_tables import bronze_table
 from plumbing.kafka import KafkaTopics, ensure_topics
 from plumbing.lake import LakeTable
+from tests.conftest import TEST_JVM_OPTIONS
 from tests.spark_cluster import standalone_cluster
 from transformations.catalog import FEATURE_TABLES
 from transformations.schemas import EVENT_ID_COLUMNS
@@ -37,7 +38,8 @@ TIMEOUT_S = 900
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1) as url:
+    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1,
+                            java_options=TEST_JVM_OPTIONS) as url:
         yield url
 
 
