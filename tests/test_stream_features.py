@@ -260,8 +260,9 @@ import sys
 import time
 
 from jobs import stream_features as job
+from jobs.streaming import micro_batch
 
-progress_record = job.BatchProgress
+progress_record = micro_batch.BatchProgress
 
 
 def held(*args, **kwargs):
@@ -269,7 +270,7 @@ def held(*args, **kwargs):
     return progress_record(*args, **kwargs)
 
 
-job.BatchProgress = held
+micro_batch.BatchProgress = held  # where the foreachBatch function looks it up
 sys.exit(job.main(sys.argv[1:]))
 """
 

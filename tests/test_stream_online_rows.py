@@ -1,4 +1,4 @@
-"""``stream_features.online_rows``, the rows a micro-batch stores, against the batch
+"""``jobs.streaming.features.online_rows``, the rows a micro-batch stores, against the batch
 function over every event: the stream gives each table only what its new rows' windows
 reach, condensing what every window holds (the users' lifetime baseline, the merchants'
 precounted events), and must still compute the batch values."""
@@ -10,14 +10,9 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from jobs.stream_features import (
-    BASELINE_ARROW_SCHEMA,
-    EVENT_ARROW_SCHEMAS,
-    RETENTION,
-    EventHistory,
-    micro_batch_session,
-    online_rows,
-)
+from jobs.streaming.features import micro_batch_session, online_rows
+from jobs.streaming.schemas import BASELINE_ARROW_SCHEMA, EVENT_ARROW_SCHEMAS
+from jobs.streaming.state import RETENTION, EventHistory
 from transformations.catalog import MERCHANT_FEATURES, USER_TRANSACTION_FEATURES
 from transformations.schemas import ACTIVITY, CHARGEBACKS, SCHEMAS, TRANSACTIONS
 from transformations.user_transactions import LIFETIME_BASELINE_SCHEMA
