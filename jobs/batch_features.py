@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 
 from expectations.runner import record_validation, validate
 from expectations.suites import feature_table_suite, raw_events_suite
-from plumbing import tracking
+from plumbing import feature_stats, tracking
 from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.event_tables import (
     ARRIVED_AT,
@@ -183,13 +183,21 @@ def publish_table(cfg: Config, table: FeatureTable, sources: dict[str, DataFrame
         tracking.log_time_range(utc_midnight(start), utc_midnight(end))
         tracking.log_schema(features.schema)
         tracking.log_feature_definitions_hash(definitions_hash())
-        if not outcome.success:
-            tracking.fail_run(outcome.failed)
+        # What the features look like and what moved since the newest version with
+        # statistics, on the validated rows (persisted: no second read of anything).
+        reference = feature_stats.load(cfg, table.name)
+        statistics = feature_stats.compute(features, table.name, table.feature_names, reference)
+        failures = outcome.failed + feature_stats.judge(statistics, cfg.monitoring)
+        record_statistics(statistics, reference)
+        print(f"  {feature_stats.drift_line(table.name, statistics)}", flush=True)
+        if failures:
+            tracking.fail_run(failures)
             features.unpersist()
-            return TableResult(table.name, False, None, row_count, run.info.run_id, outcome.failed)
+            return TableResult(table.name, False, None, row_count, run.info.run_id, failures)
 
         version = lake_table.write(features, mode="replace_range", replace_range=(start, end))
         tracking.log_delta_version(version)
+        feature_stats.save(cfg, statistics, version, datetime.now(timezone.utc))
         if online:
             from plumbing.online_store import write_dataframe_online
 
@@ -199,6 +207,24 @@ def publish_table(cfg: Config, table: FeatureTable, sources: dict[str, DataFrame
                                 "online_rows_skipped_expired": online_result.skipped_expired})
         features.unpersist()
         return TableResult(table.name, True, version, row_count, run.info.run_id, [])
+
+
+def record_statistics(statistics: list[feature_stats.FeatureStatistics],
+                      reference: dict[str, feature_stats.FeatureStatistics]) -> None:
+    """The statistics and drift in the run: JSON, one PNG, and drift metrics and warnings."""
+    mlflow.log_dict({"features": feature_stats.as_json(statistics)}, "feature_statistics.json")
+    figure = feature_stats.plot(statistics, reference)
+    mlflow.log_figure(figure, "feature_statistics.png")
+    figure.clf()
+    compared = [stats for stats in statistics if stats.psi is not None]
+    if compared:
+        warned = [stats for stats in compared if stats.warnings]
+        mlflow.log_metrics({"drift_reference_version": compared[0].reference_version or 0,
+                            "drift_psi_max": max(stats.psi or 0.0 for stats in compared),
+                            "drift_features_warned": len(warned)})
+        if warned:
+            mlflow.set_tag("drift_warnings", "; ".join(f"{stats.feature}: {', '.join(stats.warnings)}"
+                                                        for stats in warned)[:5000])
 
 
 # ------------------------------------------------------------------ the job

@@ -130,6 +130,14 @@ class ServicesConfig(_Section):
     start_timeout_s: float = Field(30.0, gt=0)
 
 
+class MonitoringConfig(_Section):
+    """Drift of a table version's features against a reference version (plumbing.feature_stats)."""
+
+    psi_warn: float = Field(0.2, gt=0)            # population stability index over this: a warning
+    ks_warn: float = Field(0.1, gt=0, le=1)       # largest CDF gap over this: a warning
+    psi_block: float | None = Field(None, gt=0)   # set: a PSI over it blocks publication (off by default)
+
+
 class ServedLogConfig(_Section):
     """The API's sample of its answers, kept in the lake table served_features (serving.served_log)."""
 
@@ -161,6 +169,7 @@ class Config(_Section):
     mlflow: MlflowConfig
     services: ServicesConfig = ServicesConfig()
     serving: ServingConfig = ServingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     source_file: Path | None = None
 
     # ---- derived locations, all under data_dir -------------------------------------
