@@ -26,7 +26,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from plumbing import tracking
+from plumbing import feature_stats, tracking
 from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.lake import MODE_KEY, RANGE_KEY, LakeError, LakeTable, table_uri
 
@@ -106,6 +106,19 @@ def fetch_report(cfg: Config, name: str, version: int | None, out: Path) -> tupl
     return run_id, Path(local)
 
 
+def drift_report(cfg: Config, name: str, version: int | None) -> str:
+    """The drift of ``version`` (default: the current one) against its reference: one line,
+    then a line per feature over a warning threshold."""
+    version = _table(cfg, name).version() if version is None else version
+    statistics = feature_stats.load(cfg, name, version)
+    if not statistics:
+        return f"drift: no statistics kept for version {version}"
+    warned = [stats for stats in statistics.values() if stats.warnings]
+    lines = [feature_stats.drift_line(name, list(statistics.values()))]
+    lines += [f"  warning {stats.feature}: {', '.join(stats.warnings)}" for stats in warned]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera table", description=__doc__.split("\n\n")[0])
     add_profile_option(parser)
@@ -144,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  data docs: {folder / 'data_docs' / 'index.html'}")
             print(f"  GX result: {folder / 'result.json'}")
             print("  failed expectations: " + (failed.replace("\n", "\n    ") if failed else "none"))
+            print("  " + drift_report(cfg, args.table, version).replace("\n", "\n  "))
     except LakeError as exc:
         print(f"tessera table: {exc}", file=sys.stderr)
         return 1

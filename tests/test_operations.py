@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timezone
 
 import mlflow
+import numpy as np
 import pyarrow as pa
 import pytest
 import redis
@@ -16,7 +18,7 @@ from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
 from jobs import lake_tables
-from plumbing import feast_repo, tracking
+from plumbing import feast_repo, feature_stats, tracking
 from plumbing.config import ConfigError, load_config
 from plumbing.lake import LakeError, LakeTable
 from plumbing.online_store import RedisSettings, redis_client
@@ -128,6 +130,26 @@ def test_report_downloads_the_validation_of_the_version(tracked_table, tmp_path)
         lake_tables.fetch_report(cfg, name, 1, tmp_path / "none")
     with pytest.raises(LakeError, match="no MLflow run recorded Delta version 99"):
         lake_tables.fetch_report(cfg, name, 99, tmp_path / "none")
+
+
+def test_report_shows_the_drift_of_the_version_and_its_warnings(tracked_table, spark):
+    cfg, name, _ = tracked_table
+    assert "no statistics kept for version 0" in lake_tables.drift_report(cfg, name, 0)
+    rng = np.random.default_rng(1)
+
+    def values(mean: float):
+        return spark.createDataFrame([(float(value),) for value in rng.normal(mean, 1.0, 400)], "value double")
+
+    now = datetime.now(timezone.utc)
+    feature_stats.save(cfg, feature_stats.compute(values(0.0), name, ["value"]), 0, now)
+    shifted = feature_stats.compute(values(2.0), name, ["value"], reference=feature_stats.load(cfg, name, 0))
+    feature_stats.judge(shifted, cfg.monitoring)
+    feature_stats.save(cfg, shifted, 2, now)
+
+    report = lake_tables.drift_report(cfg, name, 2)
+    assert "drift against v0: 1 of 1 features over the warning threshold (value)" in report
+    assert "warning value: psi" in report and "ks" in report
+    assert feature_stats.load(cfg, name)["value"].table_version == 2  # the newest version with statistics
 
 
 def test_table_command_through_the_console_entry(tracked_table, capsys):
