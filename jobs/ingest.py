@@ -34,8 +34,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -209,7 +212,8 @@ def _resolve(source: DataFrame, mapping: Mapping, target: str, spec: Source) -> 
         return _quoted(spec.value)
     try:
         column = F.expr(spec.value)
-        _ = source.select(column).schema  # analysed now: an unknown column fails here, by name
+        with _quiet_analysis_errors():
+            _ = source.select(column).schema  # analysed now: an unknown column fails here, by name
     except AnalysisException as exc:
         missing = exc.getMessageParameters() or {}
         name = missing.get("objectName", "")
@@ -217,6 +221,21 @@ def _resolve(source: DataFrame, mapping: Mapping, target: str, spec: Source) -> 
         raise IngestError(f"{what}, used by {mapping.describe(target)} ({spec.value}); "
                           f"{_input_columns(source)}") from None
     return column
+
+
+@contextmanager
+def _quiet_analysis_errors() -> Iterator[None]:
+    """PySpark logs every analysis error with its stack trace to stderr; here the error is
+    expected and turned into one line, so its loggers stay quiet meanwhile."""
+    loggers = [logging.getLogger(name) for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger")]
+    before = [logger.disabled for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, disabled in zip(loggers, before, strict=True):
+            logger.disabled = disabled
 
 
 def _input_columns(source: DataFrame) -> str:

@@ -214,3 +214,36 @@ def _split(line):
     import csv
     import io
     return [f'"{field}"' if "," in field else field for field in next(csv.reader(io.StringIO(line)))]
+
+
+# ------------------------------------------------------------------ the batch job reads what landed
+def test_the_batch_job_computes_features_from_an_ingested_history(cfg, spark, tmp_path, capsys):
+    """Activity and chargebacks from the generator, transactions only from the export: the
+    batch job reads the ingested files as they are, and the card's windows count them."""
+    import shutil
+
+    from jobs import batch_features, generate_events
+    from plumbing.lake import LakeTable
+
+    assert generate_events.main(["history", "--out", cfg.events.history_uri, "--profile", "local",
+                                 "--events", "1000", "--days", "10", "--start-date", "2026-03-20",
+                                 "--fraud-rate", "0.2", "--partition-by-date", "--no-progress", "--seed", "5"]) == 0
+    shutil.rmtree(history_uri(cfg, "transactions"))
+    _ingest(cfg, spark, _export(tmp_path, EXPORT))
+    code = batch_features.main(["--profile", "local", "--start", "2026-03-28", "--end", "2026-03-30",
+                                "--now", "2026-03-30T00:00:00+00:00", "--no-online"])
+    assert code == 0, capsys.readouterr().err
+    features = (LakeTable.for_config(cfg, "user_transaction_features", time_column="event_timestamp").read(spark)
+                .withColumn("at", F.date_format("event_timestamp", "yyyy-MM-dd HH:mm:ss")))
+    rows = {(row.user_id, row.at): row for row in features.collect()}
+    assert set(rows) == {("4111111111111111", EXPECTED_UTC[t]) for t in ("9001", "9002", "9000")} | \
+                        {("5500000000000004", EXPECTED_UTC[t]) for t in ("9003", "9004")}
+    # 9001 at 22:50 UTC (23:50 CET), 9002 at 00:30 UTC, 9000 at 01:30 UTC (02:30 local, skipped by DST).
+    second = rows[("4111111111111111", "2026-03-29 00:30:00")]
+    assert (second.txn_count_24h, second.txn_amount_sum_24h) == (2, pytest.approx(15.70))
+    third = rows[("4111111111111111", "2026-03-29 01:30:00")]
+    assert (third.txn_count_24h, third.txn_amount_sum_24h, third.txn_lifetime_count) == (3, pytest.approx(60.70), 3)
+    assert third.txn_distinct_merchants_24h == 3
+    last = rows[("5500000000000004", "2026-03-29 10:00:00")]
+    assert (last.txn_count_24h, last.txn_amount_sum_24h, last.txn_distinct_countries_24h) == \
+           (2, pytest.approx(106.99), 2)
