@@ -247,3 +247,50 @@ def test_the_batch_job_computes_features_from_an_ingested_history(cfg, spark, tm
     last = rows[("5500000000000004", "2026-03-29 10:00:00")]
     assert (last.txn_count_24h, last.txn_amount_sum_24h, last.txn_distinct_countries_24h) == \
            (2, pytest.approx(106.99), 2)
+
+
+# ------------------------------------------------------------------ the other formats
+FOREIGN_MAPPING = """\
+time_zone: Europe/Berlin
+columns:
+  transaction_id: ref
+  user_id: card
+  merchant_id: shop
+  amount: value
+  currency: {constant: EUR}
+  country: {constant: DE}
+  device_id: {constant: unknown}
+  channel: {constant: pos}
+  event_time: local_time
+"""
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_parquet_and_json_lines_with_numeric_ids_and_naive_times(cfg, spark, tmp_path, fmt):
+    """Parquet: integer ids, a time without a zone (timestamp_ntz); JSON lines: numbers as ids,
+    ISO times without an offset. Both in Berlin time, across the change."""
+    from datetime import datetime
+
+    from pyspark.sql import types as T
+
+    rows = [(4111111111111111, 17, 12.5, datetime(2026, 3, 29, 1, 30)),
+            (4111111111111112, 17, 3.0, datetime(2026, 3, 29, 3, 30))]
+    path = tmp_path / f"export.{fmt}"
+    if fmt == "parquet":
+        schema = T.StructType([T.StructField("card", T.LongType()), T.StructField("shop", T.IntegerType()),
+                               T.StructField("value", T.DoubleType()),
+                               T.StructField("local_time", T.TimestampNTZType())])
+        (spark.createDataFrame(rows, schema).withColumn("ref", F.col("card") % 1000)
+         .coalesce(1).write.parquet(str(path)))
+    else:
+        path.write_text("".join(f'{{"ref": {card % 1000}, "card": {card}, "shop": {shop}, "value": {value}, '
+                                f'"local_time": "{time.isoformat()}"}}\n' for card, shop, value, time in rows))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(FOREIGN_MAPPING)
+    result = ingest.run(cfg, "transactions", str(path), ingest.load_mapping(str(mapping), "transactions"),
+                        fmt, spark=spark)
+    assert result.rows_landed == 2 and result.rejected == {}
+    landed = _landed(cfg, spark)
+    assert {tid: (row.user_id, row.merchant_id, row.utc) for tid, row in landed.items()} == {
+        "111": ("4111111111111111", "17", "2026-03-29 00:30:00"),
+        "112": ("4111111111111112", "17", "2026-03-29 01:30:00")}
