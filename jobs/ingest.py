@@ -279,6 +279,8 @@ class IngestResult:
     files_already_there: list[str]
     dead_letters_written: int
     run_id: str
+    duplicate_ids: int = 0  # (entity, id) pairs landed more than once
+    duplicate_ids_differing: int = 0  # ... whose rows differ
 
     def summary(self) -> str:
         lines = [f"  rows read     {self.rows_read:,}",
@@ -288,6 +290,10 @@ class IngestResult:
         lines += [f"    {reason:32s} {count:,}" for reason, count in sorted(self.rejected.items())]
         lines.append(f"  time range    {self.first_time} .. {self.last_time} (UTC)")
         lines += [f"  {column:13s} {count:,} distinct" for column, count in self.entities.items()]
+        if self.duplicate_ids:
+            lines.append(f"  duplicate ids {self.duplicate_ids:,} delivered more than once, "
+                         f"{self.duplicate_ids_differing:,} of them with differing rows: the batch job counts "
+                         f"each once and keeps any one of its rows")
         return "\n".join(lines)
 
 
@@ -327,6 +333,13 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
     valid = checked.where(F.col(cleaning.REJECT_REASON).isNull()).select(*columns)
     entity_columns = sorted({EVENT_ENTITY_COLUMNS[event_type],
                              *(c for c in ("user_id", "merchant_id") if c in columns)}, key=columns.index)
+    # An id delivered more than once: the batch job counts it once, keeping any one of its rows.
+    keys = [EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type]]
+    repeated = (valid.groupBy(*keys)
+                .agg(F.count(F.lit(1)).alias("rows"), F.count_distinct(F.xxhash64(*columns)).alias("versions"))
+                .agg(F.count(F.when(F.col("rows") > 1, 1)), F.count(F.when(F.col("versions") > 1, 1))).first())
+    assert repeated is not None
+    duplicate_ids, conflicting_ids = repeated[0], repeated[1]
     stats = valid.agg(F.date_format(F.min("event_time"), "yyyy-MM-dd HH:mm:ss"),
                       F.date_format(F.max("event_time"), "yyyy-MM-dd HH:mm:ss"),
                       *[F.count_distinct(c).alias(c) for c in entity_columns]).first()
@@ -338,7 +351,8 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
         mlflow.log_metrics({"rows_read": rows_read, "rows_landed": rows_read - sum(rejected.values()),
                             "rows_rejected": sum(rejected.values()),
                             **{f"rejected.{r.replace(':', '.')}": n for r, n in rejected.items()},
-                            **{f"distinct_{c}": stats[c] for c in entity_columns}})
+                            **{f"distinct_{c}": stats[c] for c in entity_columns},
+                            "duplicate_ids": duplicate_ids, "duplicate_ids_differing": conflicting_ids})
         dead = _file_dead_letters(cfg, spark, event_type, checked, import_id, input_uri, now)
         # Validated as the batch job validates: one row per (entity, id).
         deduplicated = cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type],
@@ -352,7 +366,7 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
         mlflow.log_metric("files_written", len(written))
         result = IngestResult(import_id, rows_read, rows_read - sum(rejected.values()), rejected,
                               stats[0], stats[1], {c: stats[c] for c in entity_columns},
-                              written, present, dead, run.info.run_id)
+                              written, present, dead, run.info.run_id, duplicate_ids, conflicting_ids)
         mlflow.log_text(result.summary() + "\n", "summary.txt")
     return result
 

@@ -294,3 +294,13 @@ def test_parquet_and_json_lines_with_numeric_ids_and_naive_times(cfg, spark, tmp
     assert {tid: (row.user_id, row.merchant_id, row.utc) for tid, row in landed.items()} == {
         "111": ("4111111111111111", "17", "2026-03-29 00:30:00"),
         "112": ("4111111111111112", "17", "2026-03-29 01:30:00")}
+
+
+def test_duplicate_ids_with_different_contents_are_reported(cfg, spark, tmp_path, capsys):
+    twice = EXPORT[0]  # the same row again
+    changed = EXPORT[1].replace(",3.20,", ",4.20,")  # the same id, another amount
+    code, out = _main(cfg, ["transactions", _export(tmp_path, [*EXPORT, twice, changed]), "--mapping", str(MAPPING)],
+                      capsys)
+    assert code == 0, out.err
+    assert "duplicate ids 2 delivered more than once, 1 of them with differing rows" in out.out
+    assert read_history(spark, cfg, "transactions").count() == 7  # landed as delivered: the batch job dedupes
