@@ -30,6 +30,7 @@ JOBS = {
                                                 "to Redis (and dead letters)"),
     "consistency-check": ("jobs.consistency_check", "compare Redis with the batch values as of the same cut-off"),
     "table": ("jobs.lake_tables", "a Delta table's versions and MLflow runs, rollback, validation report"),
+    "skew-check": ("jobs.skew_check", "served features against the champion's training set, feature by feature"),
     "train": ("jobs.train_model", "build a point-in-time training set, train, evaluate, register the fraud model"),
     "serve": ("serving.app", "the HTTP API: online features and model scores (uvicorn)"),
     "demo": ("jobs.demo", "run the whole pipeline on the embedded default and print what it did"),

@@ -14,15 +14,18 @@ from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
 import feature_repo
-from jobs import train_model
-from plumbing.config import load_config
+from jobs import skew_check, train_model
+from plumbing.config import ServedLogConfig, load_config
 from plumbing.lake import LakeTable
 from plumbing.training_sets import (
+    LABELLED_COLUMNS,
     REQUEST_RATIO,
     build_training_set,
     labelled_transactions,
     training_set_hash,
 )
+from serving.model_registry import load_version
+from serving.served_log import ServedLog, served_features_table
 from tests.generated_lake import write_generated_lake
 from transformations.catalog import FEATURE_TABLES
 
@@ -201,3 +204,45 @@ def test_champion_moves_only_when_beaten_on_the_same_holdout(local_services, req
     fourth, _ = register(_fit(other, 0.0), other)
     assert (fourth.promoted, fourth.champion_version, fourth.champion_score) == (False, "2", None)
     assert mlflow.MlflowClient().get_model_version_by_alias(model_name, "champion").version == "2"
+
+
+# ---- the skew check, against this run's champion ----------------------------------------------
+def _serve(cfg, model_name: str, frame: pd.DataFrame, amount_factor: float) -> None:
+    """Sampled /v1/predict answers as the API logs them: the training rows' online features
+    (amount features times ``amount_factor``) and the champion's scores on them."""
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    loaded = load_version(client, model_name, "1")
+    frame = frame.copy()
+    for column in loaded.feature_columns:
+        if "amount" in column:
+            frame[column] = frame[column] * amount_factor
+    inputs = train_model.model_inputs(frame, [c for c in frame.columns if c not in LABELLED_COLUMNS])
+    scores = loaded.score_with_pyfunc(loaded.frame({column: [None if v != v else v for v in inputs[column]]
+                                                    for column in loaded.input_columns}))
+    refs = list(loaded.feature_columns.values())
+    results = [{"entity": {"user_id": row["user_id"]},
+                "values": [None if row[column] != row[column] else row[column] for column in loaded.feature_columns],
+                "statuses": ["present"] * len(refs)} for _, row in frame.iterrows()]
+    log = ServedLog(served_features_table(cfg), ServedLogConfig(sample_fraction=1.0, buffer_rows=len(results)))
+    log.add("predict", datetime.now(timezone.utc), refs, results, (model_name, "1"), list(scores))
+    assert log.flush() == len(results)
+
+
+def test_skew_check_passes_served_rows_like_training_and_names_the_shifted_features(trained, lake, spark):
+    run, model_name = trained
+    assert mlflow.MlflowClient(lake.mlflow.tracking_uri).get_model_version_by_alias(model_name, "champion")
+    frame = train_model.rebuild_training_set(spark, lake, run.info.run_id)[0].toPandas().sample(600, random_state=1)
+    now = datetime.now(timezone.utc)
+    with pytest.raises(skew_check.NothingToCompare, match="no served"):
+        skew_check.run(lake, now - timedelta(hours=1), now + timedelta(hours=1), 0.25, model_name, spark)
+
+    _serve(lake, model_name, frame, amount_factor=1.0)
+    alike = skew_check.run(lake, now - timedelta(hours=1), now + timedelta(hours=1), 0.25, model_name, spark)
+    assert alike.over == [] and alike.served_rows == 600
+    assert all(share == 0 for share in alike.unavailable_share.values())
+
+    _serve(lake, model_name, frame, amount_factor=5.0)  # the period now holds both samples
+    shifted = skew_check.run(lake, now - timedelta(hours=1), now + timedelta(hours=1), 0.25, model_name, spark)
+    assert shifted.over and {name for name in shifted.over if name != skew_check.SCORE} <= {
+        column for column in shifted.unavailable_share if "amount" in column}
+    assert skew_check.record(lake, shifted, now, now, 0.25)
