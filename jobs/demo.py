@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from plumbing import services
+from plumbing import feature_stats, services
 from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.lake import LakeTable, table_uri
 from plumbing.services import FeastUiService
@@ -46,6 +47,7 @@ from plumbing.tracking import FEATURE_TABLES_EXPERIMENT, configure_tracking, run
 from transformations.catalog import FEATURE_TABLES
 
 MODEL_NAME = "tessera-fraud"
+SKEW_MAX_PSI = 0.25  # tessera skew-check's default limit
 SAMPLE_USERS = ("u000001", "u000002", "u000003")
 SAMPLE_FEATURES = ["user_transaction_features:txn_count_1h", "user_transaction_features:txn_amount_sum_24h",
                    "user_activity_features:logins_1h"]
@@ -149,6 +151,19 @@ def _sample(api: Api, clock: str) -> None:
               f"{prediction['score']:.4f}", flush=True)
 
 
+def _score_many(api: Api, seed: int, count: int = 400) -> None:
+    """Score ``count`` transactions of generated users at once: requests the skew check
+    can compare with the training set (the sample rounds are too few)."""
+    rng = random.Random(seed)
+    transactions = [{"transaction_id": f"demo-many-{number}", "user_id": f"u{rng.randint(1, 1500):06d}",
+                     "merchant_id": f"m{rng.randint(1, 200):05d}", "amount": round(rng.lognormvariate(3.5, 1.0), 2),
+                     "currency": "EUR", "country": "DE", "channel": rng.choice(["web", "app", "pos"])}
+                    for number in range(count)]
+    for first in range(0, count, 100):
+        api.call("POST", "/v1/predict", {"transactions": transactions[first:first + 100]})
+    print(f"  scored {count} transactions of generated users (served_features keeps them)", flush=True)
+
+
 def _shown(value, status: str) -> str:
     if status != "present":
         return status
@@ -204,6 +219,8 @@ class Summary:
     latencies_ms: list[float] = field(default_factory=list)
     api_docs: str = ""
     feature_runs: str = ""
+    drift: list[str] = field(default_factory=list)
+    skew: str = ""
 
     def print(self, cfg: Config, seconds: float) -> None:
         print("\n== summary")
@@ -222,6 +239,10 @@ class Summary:
         if p50s:
             print(f"  stream   {batches} micro-batches; freshness (event time -> Redis) median p50 "
                   f"{statistics.median(p50s):.1f}s, worst p99 {max(p99s):.1f}s")
+        for line in self.drift:
+            print(f"  drift    {line}")
+        if self.skew:
+            print(f"  skew     {self.skew}")
         if self.latencies_ms:
             ordered = sorted(self.latencies_ms)
             print(f"  API      {len(ordered)} requests from this demo: median {statistics.median(ordered):.1f} ms, "
@@ -262,6 +283,8 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
     summary.versions = {name: LakeTable.for_config(cfg, name, time_column=table.timestamp_column).version()
                         for name, table in FEATURE_TABLES.items()}
     summary.feature_runs = runs_url(cfg, _experiment_id(cfg, FEATURE_TABLES_EXPERIMENT))
+    summary.drift = [feature_stats.drift_line(name, list(feature_stats.load(cfg, name).values()))
+                     for name in FEATURE_TABLES]
 
     _step(4, "Feast registry: apply the definitions of feature_repo/")
     from plumbing import feast_repo
@@ -282,6 +305,9 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TESSERA_PROFILE": args.profile, "PYTHONUNBUFFERED": "1"}
     env.setdefault(cfg.serving.api_key_env, secrets.token_urlsafe(24))  # this demo's own key if none is set
+    # Every answer of the demo kept in served_features, so the skew check has enough to compare.
+    env["TESSERA__SERVING__SERVED_LOG__SAMPLE_FRACTION"] = "1"
+    live_started = datetime.now(timezone.utc)
     api = Api(f"http://{cfg.serving.host}:{cfg.serving.port}", env[cfg.serving.api_key_env])
     summary.api_docs = f"{api.base_url}/docs"
     live = [
@@ -305,6 +331,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
                 if not process.running():
                     raise StepFailed(f"step 6 (live): the {process.name} process exited:\n{process.tail()}")
             _sample(api, datetime.now(timezone.utc).strftime("%H:%M:%S"))
+        _score_many(api, args.seed)
     finally:
         for process in reversed(live):
             process.stop()
@@ -313,6 +340,19 @@ def _run(cfg: Config, args: argparse.Namespace) -> Summary:
     if not summary.stream[1]:
         raise StepFailed(f"step 6 (live): the stream finished no micro-batch with events; its log "
                          f"{live[0].log} ends with:\n{live[0].tail()}")
+
+    _step(8, "skew check: the served features against the champion's training set")
+    from jobs import skew_check
+
+    try:
+        report = skew_check.run(cfg, live_started, datetime.now(timezone.utc), SKEW_MAX_PSI, MODEL_NAME)
+    except skew_check.NothingToCompare as reason:
+        summary.skew = f"nothing to compare: {reason}"
+    else:
+        for line in report.lines():
+            print(f"  {line}")
+        run_id = skew_check.record(cfg, report, live_started, datetime.now(timezone.utc), SKEW_MAX_PSI)
+        summary.skew = f"{report.lines()[0]}; run {run_id}"
     return summary
 
 
