@@ -67,6 +67,7 @@ RUN_PREFIX = "ingest."
 STAGING_FOLDER = "_ingest_staging"  # under events.history_uri, beside (not inside) the event types' folders
 _SOURCE_ROW = "_source_row"
 _ROW_HASH = "_row_hash"
+UNDECODABLE = "\ufffd"  # what a reader puts for bytes its encoding cannot decode
 _UNPARSED = "_unparsed_"  # + time column: the source had a value the time format did not parse
 
 
@@ -281,6 +282,7 @@ class IngestResult:
     run_id: str
     duplicate_ids: int = 0  # (entity, id) pairs landed more than once
     duplicate_ids_differing: int = 0  # ... whose rows differ
+    undecodable_rows: int = 0  # rows with text the input's encoding could not decode
 
     def summary(self) -> str:
         lines = [f"  rows read     {self.rows_read:,}",
@@ -294,6 +296,9 @@ class IngestResult:
             lines.append(f"  duplicate ids {self.duplicate_ids:,} delivered more than once, "
                          f"{self.duplicate_ids_differing:,} of them with differing rows: the batch job counts "
                          f"each once and keeps any one of its rows")
+        if self.undecodable_rows:
+            lines.append(f"  encoding      {self.undecodable_rows:,} row(s) hold bytes the encoding could not decode "
+                         f"(U+FFFD): is the encoding right? read_options: {{encoding: ...}} in the mapping")
         return "\n".join(lines)
 
 
@@ -323,7 +328,10 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
           checked: DataFrame, now: datetime) -> IngestResult:
     # One pass: rows and their hash sum (order-independent: the same rows in any order are the same import).
     counts = checked.groupBy(cleaning.REJECT_REASON).agg(
-        F.count(F.lit(1)).alias("rows"), F.sum(F.col(_ROW_HASH).cast("decimal(38,0)")).alias("hash_sum")).collect()
+        F.count(F.lit(1)).alias("rows"), F.sum(F.col(_ROW_HASH).cast("decimal(38,0)")).alias("hash_sum"),
+        # U+FFFD: bytes the reader could not decode (a Latin-1 export read as UTF-8, say).
+        F.count(F.when(F.col(_SOURCE_ROW).contains(UNDECODABLE), 1)).alias("undecodable")).collect()
+    undecodable = sum(row["undecodable"] for row in counts)
     rows_read = sum(row["rows"] for row in counts)
     rejected = {row[cleaning.REJECT_REASON]: row["rows"] for row in counts if row[cleaning.REJECT_REASON]}
     content = f"{event_type}|{rows_read}|{sum(int(row['hash_sum'] or 0) for row in counts)}|{mapping.canonical}"
@@ -352,7 +360,8 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
                             "rows_rejected": sum(rejected.values()),
                             **{f"rejected.{r.replace(':', '.')}": n for r, n in rejected.items()},
                             **{f"distinct_{c}": stats[c] for c in entity_columns},
-                            "duplicate_ids": duplicate_ids, "duplicate_ids_differing": conflicting_ids})
+                            "duplicate_ids": duplicate_ids, "duplicate_ids_differing": conflicting_ids,
+                            "rows_with_undecodable_text": undecodable})
         dead = _file_dead_letters(cfg, spark, event_type, checked, import_id, input_uri, now)
         # Validated as the batch job validates: one row per (entity, id).
         deduplicated = cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type],
@@ -366,7 +375,8 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
         mlflow.log_metric("files_written", len(written))
         result = IngestResult(import_id, rows_read, rows_read - sum(rejected.values()), rejected,
                               stats[0], stats[1], {c: stats[c] for c in entity_columns},
-                              written, present, dead, run.info.run_id, duplicate_ids, conflicting_ids)
+                              written, present, dead, run.info.run_id, duplicate_ids, conflicting_ids,
+                              undecodable)
         mlflow.log_text(result.summary() + "\n", "summary.txt")
     return result
 

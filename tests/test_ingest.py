@@ -304,3 +304,18 @@ def test_duplicate_ids_with_different_contents_are_reported(cfg, spark, tmp_path
     assert code == 0, out.err
     assert "duplicate ids 2 delivered more than once, 1 of them with differing rows" in out.out
     assert read_history(spark, cfg, "transactions").count() == 7  # landed as delivered: the batch job dedupes
+
+
+def test_a_wrong_encoding_is_reported_and_the_mapping_s_encoding_reads_it(cfg, spark, tmp_path, capsys):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("".join(f"{line}\n" for line in [HEADER, *EXPORT]).encode("latin-1"))
+    code, out = _main(cfg, ["transactions", str(path), "--mapping", str(MAPPING)], capsys)
+    assert code == 0, out.err
+    assert "encoding      2 row(s) hold bytes the encoding could not decode" in out.out  # Café Müller, Bäckerei
+    assert "\ufffd" in _landed(cfg, spark)["9001"].merchant_id
+    mapping = tmp_path / "latin1.yaml"
+    mapping.write_text(MAPPING.read_text().replace('  sep: ","', '  sep: ","\n  encoding: ISO-8859-1'))
+    code, out = _main(cfg, ["transactions", str(path), "--mapping", str(mapping)], capsys)
+    assert code == 0, out.err
+    assert "encoding " not in out.out
+    assert "Café Müller, Berlin" in {row.merchant_id for row in read_history(spark, cfg, "transactions").collect()}
