@@ -3,6 +3,8 @@ Spark, real Parquet and Delta files and the profile's real MLflow; and its bad i
 a clear message and nothing written, or dead letters, and nothing landed before is lost."""
 from __future__ import annotations
 
+import os
+
 import mlflow
 import pytest
 from pyspark.sql import functions as F
@@ -319,3 +321,28 @@ def test_a_wrong_encoding_is_reported_and_the_mapping_s_encoding_reads_it(cfg, s
     assert code == 0, out.err
     assert "encoding " not in out.out
     assert "Café Müller, Berlin" in {row.merchant_id for row in read_history(spark, cfg, "transactions").collect()}
+
+
+# ------------------------------------------------------------------ S3 and globs
+def test_a_glob_of_exports_on_s3_lands_in_an_s3_history(s3_services, spark):
+    """The s3 profile: two parts of the export under s3:// read through one glob, landed in the
+    profile's S3 history (a prefix of this test's own) by the same moves as on a local disk."""
+    import uuid
+
+    from plumbing.s3 import s3_client
+
+    prefix = f"tests/ingest-{uuid.uuid4().hex[:8]}"
+    bucket = s3_services.s3.buckets[0]
+    cfg = load_config("s3", environ={**os.environ,
+                                     "TESSERA__EVENTS__HISTORY_URI": f"s3a://{bucket}/{prefix}/history",
+                                     "TESSERA__LAKE__ROOT": f"s3a://{bucket}/{prefix}/lake"})
+    client = s3_client(cfg)
+    for number, rows in enumerate([EXPORT[:2], EXPORT[2:]]):
+        body = "".join(f"{line}\n" for line in [HEADER, *rows]).encode()
+        client.put_object(Bucket=bucket, Key=f"{prefix}/exports/part-{number}.csv", Body=body)
+    result = _ingest(cfg, spark, f"s3://{bucket}/{prefix}/exports/part-*.csv")
+    assert result.rows_landed == 5 and len(result.files_written) == 2
+    assert {tid: row.utc for tid, row in _landed(cfg, spark).items()} == EXPECTED_UTC
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/history/")["Contents"]}
+    assert {key.rsplit("/", 2)[1] for key in keys if key.endswith(".parquet")} == {"date=2026-03-28", "date=2026-03-29"}
+    assert _ingest(cfg, spark, f"s3://{bucket}/{prefix}/exports/part-*.csv").files_written == []
