@@ -3,6 +3,8 @@
     tessera table history  <table>                 versions, newest first, each with its MLflow run
     tessera table rollback <table> --version N     make version N's content current again
     tessera table report   <table> [--version N]   fetch the validation report of a version
+    tessera table drift    <table> [--version N] [--against M|champion]
+                                                   each feature's drift between two versions
 
 A rollback is a Delta RESTORE: a NEW commit whose content (files and schema) is version N's.
 No history is rewritten: every version stays readable by time travel, and rolling back
@@ -119,6 +121,55 @@ def drift_report(cfg: Config, name: str, version: int | None) -> str:
     return "\n".join(lines)
 
 
+def champion_version(cfg: Config, name: str, model_name: str = "tessera-fraud") -> int:
+    """The version of ``name`` the champion model was trained on (its run's lineage tag)."""
+    import mlflow
+
+    tracking.configure_tracking(cfg)
+    client = mlflow.MlflowClient()
+    try:
+        run_id = client.get_model_version_by_alias(model_name, "champion").run_id
+    except mlflow.exceptions.MlflowException as error:
+        raise LakeError(f"no champion of {model_name} to take the reference version from") from error
+    tag = client.get_run(run_id).data.tags.get(f"delta_version.{name}") if run_id else None
+    if tag is None:
+        raise LakeError(f"the champion of {model_name} records no version of {name} in its lineage")
+    return int(tag)
+
+
+def drift_between(cfg: Config, name: str, version: int | None, against: int | None) -> list[str]:
+    """Each feature's drift of ``version`` (default: the current one) against ``against``
+    (default: the one before), computed now from both versions (Spark); the lines to print."""
+    from plumbing.spark import get_spark
+
+    table = _table(cfg, name)
+    latest = table.version()
+    version = latest if version is None else version
+    against = version - 1 if against is None else against
+    for label, number in (("--version", version), ("--against", against)):
+        if not 0 <= number <= latest:
+            raise LakeError(f"{name} has no version {number} ({label}); its versions are 0..{latest}")
+    spark = get_spark(cfg, "table-drift")
+    reference_df, current_df = table.read(spark, against), table.read(spark, version)
+    numeric = ("double", "float", "bigint", "int", "smallint", "tinyint")
+    columns = {df_name: {field.name for field in df.schema.fields if field.dataType.simpleString() in numeric}
+               for df_name, df in (("reference", reference_df), ("current", current_df))}
+    shared = sorted(columns["reference"] & columns["current"])
+    reference = feature_stats.compute(reference_df, name, shared)
+    for stats in reference:
+        stats.table_version = against
+    current = feature_stats.compute(current_df, name, shared, {stats.feature: stats for stats in reference})
+    feature_stats.judge(current, cfg.monitoring)
+    lines = [feature_stats.drift_line(name, current).replace(f"{name}: ", f"{name} v{version}: ", 1)]
+    lines += [f"  {stats.feature:32s} psi {stats.psi:7.3f}  ks {stats.ks:5.3f}  nulls {stats.null_fraction:6.1%}"
+              f"{'  WARNING' if stats.warnings else ''}" for stats in current]
+    for side, other, number in (("current", "reference", version), ("reference", "current", against)):
+        only = sorted(columns[side] - columns[other])
+        if only:
+            lines.append(f"  only in v{number} (not compared): {', '.join(only)}")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera table", description=__doc__.split("\n\n")[0])
     add_profile_option(parser)
@@ -132,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("table")
     report.add_argument("--version", type=int, help="Delta version (default: the current one)")
     report.add_argument("--out", type=Path, help="folder to download into (default: <data_dir>/reports/<table>-v<N>)")
+    drift = sub.add_parser("drift", help="each feature's drift (PSI, KS, nulls) between two versions")
+    drift.add_argument("table")
+    drift.add_argument("--version", type=int, help="the version to judge (default: the current one)")
+    drift.add_argument("--against", default=None,
+                       help="the reference: a version number, or 'champion' (the version the champion model "
+                            "was trained on); default: the version before")
     return parser
 
 
@@ -148,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             new_version = rollback(cfg, args.table, args.version)
             print(f"{args.table}: version {new_version} restores version {args.version} "
                   f"(every earlier version is still readable)")
+        elif args.action == "drift":
+            if args.against is not None and args.against != "champion" and not args.against.isdigit():
+                print(f"tessera table: --against must be a version number or 'champion', not {args.against!r}",
+                      file=sys.stderr)
+                return 2
+            against = (champion_version(cfg, args.table) if args.against == "champion"
+                       else None if args.against is None else int(args.against))
+            for line in drift_between(cfg, args.table, args.version, against):
+                print(line)
         else:
             version = args.version
             out = args.out or cfg.data_dir / "reports" / f"{args.table}-v{'current' if version is None else version}"

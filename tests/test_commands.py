@@ -58,6 +58,7 @@ CASES = [
     ("jobs.skew_check", ["--max-psi", "x"]),
     ("jobs.skew_check", ["--profile", "no-such-profile"]),
     ("jobs.lake_tables", []),
+    ("jobs.lake_tables", ["drift", "user_transaction_features", "--against", "yesterday"]),
     ("jobs.lake_tables", ["rollback", "user_transaction_features", "--version", "x"]),
     ("jobs.lake_tables", ["history", "user_transaction_features", "--profile", "no-such-profile"]),
     ("jobs.train_model", ["--versions", "no_such_table=1"]),

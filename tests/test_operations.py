@@ -152,6 +152,18 @@ def test_report_shows_the_drift_of_the_version_and_its_warnings(tracked_table, s
     assert feature_stats.load(cfg, name)["value"].table_version == 2  # the newest version with statistics
 
 
+def test_drift_between_two_versions_compares_the_shared_features_and_names_the_others(tracked_table):
+    cfg, name, _ = tracked_table
+    lines = lake_tables.drift_between(cfg, name, 2, 0)
+    assert lines[0].startswith(f"{name} v2: drift against v0: 0 of 1 features over the warning threshold")
+    assert lines[1].split()[:3] == ["value", "psi", "0.000"]  # the same rows in both versions
+    assert lines[-1] == "  only in v2 (not compared): new_feature"
+    with pytest.raises(LakeError, match=r"has no version 99 \(--version\); its versions are 0\.\.2"):
+        lake_tables.drift_between(cfg, name, 99, None)
+    with pytest.raises(LakeError, match=r"has no version -1 \(--against\)"):
+        lake_tables.drift_between(cfg, name, 0, None)  # version 0 has none before it
+
+
 def test_table_command_through_the_console_entry(tracked_table, capsys):
     from jobs import cli
 
