@@ -441,8 +441,10 @@ def _spark_uri(uri: str) -> str:
 # ------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ingest", description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
-        epilog="The mapping file: docs/your_own_events.md, 'Bringing an export in: tessera ingest'.")
+        prog="ingest", description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Example: ingest transactions exports/cards.csv --mapping docs/examples/ingest_transactions.yaml. "
+               "The mapping file: docs/your_own_events.md, 'Bringing an export in: tessera ingest'. "
+               "Exit codes: 0 landed, 1 validation failed (nothing landed), 2 bad usage or input (nothing written).")
     add_profile_option(parser)
     parser.add_argument("event_type", choices=EVENT_TYPES, help="the event type the rows are")
     parser.add_argument("input", help="a file, a glob or an s3:// URI (quote a glob)")
