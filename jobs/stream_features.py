@@ -86,6 +86,7 @@ def run(cfg: Config, settings: StreamSettings, spark: SparkSession | None = None
             batches_before = processor.batches_done
             processor.query_started = True
             query = start_query(spark, cfg, settings, processor)
+            processor.query_id_is(query.id)
             try:
                 # Short waits, so a stop request is seen between them.
                 while query.isActive and not stop.is_set():

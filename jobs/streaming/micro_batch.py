@@ -48,6 +48,7 @@ Nothing lost, nothing counted twice
 """
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,13 +60,15 @@ from jobs.streaming.progress import BatchCounts, BatchProgress, StreamRun, secon
 from jobs.streaming.schemas import BRONZE_SCHEMAS, DEAD_LETTER_SCHEMA
 from jobs.streaming.settings import StreamSettings
 from jobs.streaming.sinks import append_once
-from jobs.streaming.source import batch_watermark, checkpoint_query_id, classify, collect_batch, split_records
+from jobs.streaming.source import batch_watermark, classify, collect_batch, split_records
 from jobs.streaming.state import EventHistory
 from plumbing.config import Config
 from plumbing.event_tables import bronze_table, dead_letter_table
 from plumbing.online_store import OnlineStoreWriter, WriteResult
 from transformations.catalog import FEATURE_TABLES
 from transformations.tables import FeatureTable
+
+QUERY_ID_WAIT_S = 60.0  # how long a micro-batch waits for the query's id after start()
 
 
 class MicroBatchProcessor:
@@ -80,14 +83,25 @@ class MicroBatchProcessor:
         self.history: EventHistory | None = None  # built from bronze by the first micro-batch that needs it
         self.batches_done = 0
         self.query_started = True  # set by run() at each (re)start: the next micro-batch may be a re-run
+        self.query_id: str | None = None  # the query's StreamingQuery.id, told by run() (query_id_is)
+        self._query_id_known = threading.Event()
+
+    def query_id_is(self, query_id: str) -> None:
+        """The query's id, ``StreamingQuery.id``: public, and the same at every restart from the
+        checkpoint (its rows in the lake carry it). ``start()`` returns it, and Spark may call
+        the first micro-batch before that: the micro-batch waits for it."""
+        self.query_id = query_id
+        self._query_id_known.set()
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         steps: dict[str, float] = {}
         spark = self.spark
-        checkpoint = self.settings.checkpoint_location
-        query_id = checkpoint_query_id(checkpoint)
-        watermark = batch_watermark(checkpoint, batch_id)
+        if not self._query_id_known.wait(QUERY_ID_WAIT_S):
+            raise RuntimeError(f"micro-batch {batch_id}: the query's id was not told in {QUERY_ID_WAIT_S:.0f} s")
+        query_id = self.query_id
+        assert query_id is not None  # set with the event
+        watermark = batch_watermark(self.settings.checkpoint_location, batch_id)
         records = collect_batch(classify(batch, watermark))
         accepted, rejected = split_records(records)
         counts = BatchCounts.of(records, accepted)

@@ -123,6 +123,9 @@ def source_description(cfg: Config) -> str:
     return f"files {cfg.events.landing_dir}"
 
 
+OFFSET_LOG_VERSION = "v1"  # the first line of a checkpoint's offsets/<batch id>, Spark 3 to 4.2
+
+
 def interval(duration: timedelta) -> str:
     return f"{int(duration.total_seconds() * 1000)} milliseconds"
 
@@ -130,19 +133,29 @@ def interval(duration: timedelta) -> str:
 def batch_watermark(checkpoint: Path, batch_id: int) -> datetime:
     """The event-time watermark of micro-batch ``batch_id``, as Spark computed it.
 
-    Spark records it before running the micro-batch in the checkpoint's offset log (the
-    second line of ``offsets/<batch id>`` holds ``batchWatermarkMs``) and reuses that record
-    when it re-runs the micro-batch after a crash. A query without stateful operators, like
-    this one, lets older rows through, so the job applies the watermark itself, with
-    Spark's value.
+    Spark records it in the checkpoint's offset log before running the micro-batch and
+    reuses that record when it re-runs the micro-batch after a crash. A query without
+    stateful operators, like this one, lets older rows through, so the job applies the
+    watermark itself, with Spark's value.
+
+    No public API hands it to ``foreachBatch`` (``StreamingQuery.lastProgress`` reports it
+    only once the micro-batch is over), so it is read from ``offsets/<batch id>``: line 1
+    the log's version ``v1``, line 2 JSON with ``batchWatermarkMs`` (Spark 3 to 4.2).
+    ``tests/test_stream_checkpoint.py`` holds this equal to the watermark Spark reports
+    through ``StreamingQuery.recentProgress``; a log of another layout raises here.
     """
-    metadata = json.loads((checkpoint / "offsets" / str(batch_id)).read_text().splitlines()[1])
-    return datetime.fromtimestamp(metadata["batchWatermarkMs"] / 1000, timezone.utc)
-
-
-def checkpoint_query_id(checkpoint: Path) -> str:
-    """The query id Spark stored in the checkpoint when the query first started."""
-    return json.loads((checkpoint / "metadata").read_text())["id"]
+    path = checkpoint / "offsets" / str(batch_id)
+    lines = path.read_text().splitlines()
+    if not lines or lines[0] != OFFSET_LOG_VERSION:
+        raise RuntimeError(f"{path}: an offset log of version {lines[:1]}, not {OFFSET_LOG_VERSION!r}: this Spark "
+                           f"writes its checkpoint in a layout the stream does not read (see batch_watermark)")
+    try:
+        watermark_ms = json.loads(lines[1])["batchWatermarkMs"]
+        return datetime.fromtimestamp(watermark_ms / 1000, timezone.utc)
+    except (IndexError, ValueError, KeyError, TypeError) as error:
+        raise RuntimeError(f"{path}: no batchWatermarkMs on the offset log's second line ({error!r}): this "
+                           f"Spark writes its checkpoint in a layout the stream does not read (see batch_watermark)"
+                           ) from error
 
 
 # ------------------------------------------------------------------ one micro-batch
