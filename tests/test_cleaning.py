@@ -345,7 +345,14 @@ def test_drop_duplicate_events_in_batch_is_partitioned_by_the_entity(spark):
     df = spark.createDataFrame([("u1", "t1"), ("u2", "t2")], "user_id string, transaction_id string")
     deduplicated = cleaning.drop_duplicate_events(df, "user_id", "transaction_id")
     windowed = deduplicated.select(F.count("*").over(Window.partitionBy("user_id")).alias("n"))
-    plan = windowed._jdf.queryExecution().executedPlan().toString()
+    # Planned with the jobs' partitions (the profile's 4), whatever the test session runs with:
+    # a single partition needs no hash partitioning at all.
+    session_partitions = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "4")
+    try:
+        plan = windowed._jdf.queryExecution().executedPlan().toString()
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", session_partitions)
     assert plan.count("Exchange") == 1 and "hashpartitioning(user_id" in plan
 
 
