@@ -37,11 +37,9 @@ from pathlib import Path
 import numpy as np
 from deltalake import DeltaTable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_serving as serving  # noqa: E402  (a sibling script, not a package)
-
-from plumbing import services  # noqa: E402
-from plumbing.config import PROFILE_ENV, load_config  # noqa: E402
+from bench import bench_serving as serving
+from plumbing import services
+from plumbing.config import PROFILE_ENV, load_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PORTS = {"off": 8720, "on": 8721}
