@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 from deltalake import DeltaTable
 
-from bench import bench_serving as serving
-from plumbing import services
-from plumbing.config import PROFILE_ENV, load_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's bench package
+from bench import bench_serving as serving  # noqa: E402
+from plumbing import services  # noqa: E402
+from plumbing.config import PROFILE_ENV, load_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PORTS = {"off": 8720, "on": 8721}
