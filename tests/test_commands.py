@@ -9,6 +9,7 @@ One case runs the real console script, to check the process's own exit code and 
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,16 @@ def _message(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines, "no message on stderr"
     return lines[-1]
+
+
+@pytest.fixture(autouse=True)
+def unchanged_environment():
+    """Commands set variables for the processes they start (the console command exports the
+    profile it was given): none of that may reach the tests that run after these."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 @pytest.mark.parametrize(("module", "argv"), CASES, ids=[f"{m.split('.')[-1]} {' '.join(a)}" for m, a in CASES])

@@ -340,6 +340,7 @@ def test_every_table_the_batch_job_writes_opens_as_a_notebook_user_would_open_it
     from delta.tables import DeltaTable
 
     from plumbing.event_tables import bronze_table, dead_letter_table
+    from plumbing.feature_stats import statistics_table
     from transformations.catalog import FEATURE_TABLES
     from transformations.schemas import EVENT_TYPES
 
@@ -348,7 +349,8 @@ def test_every_table_the_batch_job_writes_opens_as_a_notebook_user_would_open_it
 
     written = [*(table_uri(cfg, name) for name in FEATURE_TABLES),
                *(bronze_table(cfg, event_type).uri for event_type in EVENT_TYPES),
-               *(dead_letter_table(cfg, event_type, "batch").uri for event_type in EVENT_TYPES)]
+               *(dead_letter_table(cfg, event_type, "batch").uri for event_type in EVENT_TYPES),
+               statistics_table(cfg).uri]
     assert sorted(os.listdir(cfg.lake.root)) == sorted(os.path.basename(uri) for uri in written)
     for uri in written:
         rows = spark.read.format("delta").load(uri).count()
