@@ -264,17 +264,18 @@ def test_adding_a_feature_then_operations_run_as_written(example_env, spark, tmp
         # The stream wrote the hand-made user's newest row with the new code: values by hand.
         refs = [f"{TABLE}:{name}" for name in (NEW_FEATURE, "txn_count_24h", "txn_lifetime_count")]
 
-        def hand_made_row_online() -> dict | None:
+        def hand_made_row_online() -> dict | None:  # the stream's row: two transactions in 24 h
             answer = _features(api_port, refs, HAND_USER)
-            return answer if answer["results"][0]["statuses"][0] == "present" else None
+            result = answer["results"][0]
+            return answer if result["statuses"][0] == "present" and result["values"][1] == 2 else None
 
         hand = _wait_for(hand_made_row_online, f"{HAND_USER}'s new feature online", _services(processes), logs)
         # 8.0 and 99.0 in the last 24 h; its lifetime: 3 history transactions (from bronze) + 2.
         assert hand["results"][0]["values"] == [8.0, 2, 5]
-        # What step 4 warns of: a user whose row Redis already held (same event time) keeps it
-        # without the new field until its next transaction.
+        # What step 4 says: a user whose row Redis already held (same event time) has the new
+        # field at once, from the backfill (its one transaction: 5.0).
         quiet = _features(api_port, refs[:2], QUIET_USER)["results"][0]
-        assert quiet["statuses"] == ["missing", "present"] and quiet["values"] == [None, 1]
+        assert quiet["statuses"] == ["present", "present"] and quiet["values"] == [5.0, 1]
         seconds["worked example"] = time.monotonic() - began
 
         # docs/operations.md, right after: the table's versions, a report, a rollback, a key rotation.
