@@ -29,7 +29,6 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from jobs import train_model
@@ -77,7 +76,7 @@ def served_predictions(cfg: Config, start: datetime, end: datetime, model: str) 
     if not table.exists():
         raise NothingToCompare(f"no served features yet ({table.uri}): the API samples its answers when "
                                "serving.served_log.sample_fraction > 0")
-    rows = DeltaTable(table.uri, storage_options=table.storage_options).to_pyarrow_dataset().to_table(
+    rows = table.read_arrow(
         filter=(pc.field("endpoint") == "predict") & (pc.field("model_name") == model)
         & (pc.field(SERVED_AT) >= pa.scalar(start, pa.timestamp("us", tz="UTC")))
         & (pc.field(SERVED_AT) < pa.scalar(end, pa.timestamp("us", tz="UTC"))))
@@ -108,9 +107,7 @@ def run(cfg: Config, start: datetime, end: datetime, max_psi: float, model_name:
     frame: pd.DataFrame = training.toPandas()
     inputs = train_model.model_inputs(frame, [column for column in frame.columns
                                               if column not in training_sets.LABELLED_COLUMNS])
-    training_scores = loaded.score_with_pyfunc(loaded.frame(
-        {column: [None if value != value else value for value in inputs[column]]  # NaN -> None
-         for column in loaded.input_columns}))
+    training_scores = loaded.score_with_pyfunc(loaded.frame(inputs))
     reference = {stats.feature: stats for stats in [
         *feature_stats.compute(training, "training_set", list(columns)),
         *feature_stats.compute(spark.createDataFrame(pa.table({SCORE: training_scores})), "training_set", [SCORE])]}

@@ -36,7 +36,6 @@ from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -224,8 +223,7 @@ def load(cfg: Config, table_name: str, table_version: int | None = None) -> dict
     table = statistics_table(cfg)
     if not table.exists():
         return {}
-    kept = (DeltaTable(table.uri, storage_options=table.storage_options).to_pyarrow_dataset()
-            .to_table(filter=pc.field("table_name") == table_name))
+    kept = table.read_arrow(filter=pc.field("table_name") == table_name)
     if table_version is None and kept.num_rows:
         table_version = pc.max(kept["table_version"]).as_py()
     kept = kept.filter(pc.field("table_version") == table_version)

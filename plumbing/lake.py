@@ -174,6 +174,11 @@ class LakeTable:
         """The Spark schema of the table (as ``read`` returns it), at ``version`` or the latest."""
         return from_arrow_schema(pa.schema(self._log(version).schema().to_arrow()))
 
+    def read_arrow(self, filter: pc.Expression | None = None) -> pa.Table:
+        """The latest version's rows matching ``filter``, read by ``deltalake`` (no Spark):
+        for small tables read from processes without a JVM."""
+        return self._log().to_pyarrow_dataset().to_table(filter=filter)
+
     def _log(self, version: int | None = None) -> RsDeltaTable:
         """The table's log at ``version`` (or the latest), read by ``deltalake``."""
         try:

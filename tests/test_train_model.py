@@ -217,8 +217,7 @@ def _serve(cfg, model_name: str, frame: pd.DataFrame, amount_factor: float) -> N
         if "amount" in column:
             frame[column] = frame[column] * amount_factor
     inputs = train_model.model_inputs(frame, [c for c in frame.columns if c not in LABELLED_COLUMNS])
-    scores = loaded.score_with_pyfunc(loaded.frame({column: [None if v != v else v for v in inputs[column]]
-                                                    for column in loaded.input_columns}))
+    scores = loaded.score_with_pyfunc(loaded.frame(inputs))
     refs = list(loaded.feature_columns.values())
     results = [{"entity": {"user_id": row["user_id"]},
                 "values": [None if row[column] != row[column] else row[column] for column in loaded.feature_columns],
