@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -81,6 +81,11 @@ class EventsConfig(_Section):
 
 
 class RedisConfig(_Section):
+    # standalone: one Redis (with replicas, if any) at host:port. cluster: Redis Cluster,
+    # found through the seed nodes cluster_nodes ("host:port"; none: host:port alone);
+    # `tessera up` then starts one master on each seed node and creates the cluster.
+    mode: Literal["standalone", "cluster"] = "standalone"
+    cluster_nodes: list[str] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(6390, ge=1, le=65535)
     db: int = Field(0, ge=0)
@@ -92,6 +97,21 @@ class RedisConfig(_Section):
     ssl: bool = False
     ssl_ca_certs: str | None = None
     start_local: bool = True  # `tessera up` starts redis-server; False for a managed Redis
+
+    @model_validator(mode="after")
+    def _cluster_settings(self) -> RedisConfig:
+        for node in self.cluster_nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"cluster_nodes: {node!r} is not host:port")
+        if self.mode == "cluster" and self.db != 0:
+            raise ValueError("db: Redis Cluster has only database 0")
+        return self
+
+    def seed_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of the cluster's seed nodes: ``cluster_nodes``, else host:port."""
+        nodes = [(host, int(port)) for host, _, port in (node.rpartition(":") for node in self.cluster_nodes)]
+        return nodes or [(self.host, self.port)]
 
 
 class MlflowConfig(_Section):

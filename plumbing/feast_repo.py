@@ -49,7 +49,11 @@ def feature_store_config(cfg: Config, project: str = FEAST_PROJECT, directory: P
     password = cfg.redis_password()
     if "," in password:
         raise ValueError("the Redis password cannot contain ',' (Feast's connection-string separator)")
-    connection = f"{cfg.redis.host}:{cfg.redis.port},db={cfg.redis.db},password={password}"
+    if cfg.redis.mode == "cluster":  # the seed nodes, then the options (a cluster has no db)
+        seeds = ",".join(f"{host}:{port}" for host, port in cfg.redis.seed_nodes())
+        connection = f"{seeds},password={password}"
+    else:
+        connection = f"{cfg.redis.host}:{cfg.redis.port},db={cfg.redis.db},password={password}"
     # Feast hands these on to redis-py as keyword arguments ("ssl=true" is read as JSON: True).
     if cfg.redis.username:
         connection += f",username={cfg.redis.username}"
@@ -57,15 +61,15 @@ def feature_store_config(cfg: Config, project: str = FEAST_PROJECT, directory: P
         connection += ",ssl=true"
         if cfg.redis.ssl_ca_certs:
             connection += f",ssl_ca_certs={cfg.redis.ssl_ca_certs}"
+    online_store: dict = {"type": "redis"}
+    if cfg.redis.mode == "cluster":
+        online_store["redis_type"] = "redis_cluster"  # Feast's RedisCluster client, on the seed nodes
+    online_store.update(connection_string=connection, key_ttl_seconds=int(longest_ttl.total_seconds()) or None)
     return {
         "project": project,
         "provider": "local",
         "registry": {"registry_type": "file", "path": str(directory / "registry.db"), "cache_ttl_seconds": 60},
-        "online_store": {
-            "type": "redis",
-            "connection_string": connection,
-            "key_ttl_seconds": int(longest_ttl.total_seconds()) or None,
-        },
+        "online_store": online_store,
         # Feast's DuckDB store, reading Delta through deltalake: see that module for why.
         "offline_store": {"type": "feature_repo.delta_offline_store.DeltaOfflineStore",
                           "storage_options": cfg.storage_options()},

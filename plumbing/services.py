@@ -1,4 +1,5 @@
-"""Local services the project starts itself: Redis, an S3-compatible endpoint (moto), an
+"""Local services the project starts itself: Redis (one node, or a three-master Redis
+Cluster with ``redis.mode: cluster``), an S3-compatible endpoint (moto), an
 MLflow tracking server and a Kafka broker (KRaft, no ZooKeeper); and, on demand, Feast's
 web UI (``tessera feast ui``).
 
@@ -25,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from plumbing.config import PROFILE_ENV, Config
@@ -45,6 +47,7 @@ class ServiceStatus:
     port: int
     healthy: bool
     problem: str | None = None  # why the health check failed, when it raised
+    where: str | None = None    # instead of host:port and pid (a Redis Cluster's nodes)
 
     def line(self) -> str:
         if not self.enabled:
@@ -52,7 +55,7 @@ class ServiceStatus:
         state = "healthy" if self.healthy else ("running, not answering" if self.pid else "stopped")
         pid = f"pid {self.pid}" if self.pid else "no pid"
         because = f"  ({self.problem})" if self.problem and not self.healthy else ""
-        return f"{self.name:8s} {state:24s} {self.host}:{self.port}  {pid}{because}"
+        return f"{self.name:8s} {state:24s} {self.where or f'{self.host}:{self.port}  {pid}'}{because}"
 
 
 # ---------------------------------------------------------------- process helpers
@@ -270,6 +273,170 @@ class RedisService(_Service):
             return bool(client.ping())
         finally:
             client.close()
+
+
+class RedisClusterService(_Service):
+    """``redis.mode: cluster``: a Redis Cluster of one master per seed node
+    (``redis.cluster_nodes``, at least three, on this machine), each a ``redis-server
+    --cluster-enabled yes`` of the same OS package, with the password and persistence of
+    the single node (its own folder ``<data_dir>/redis/<port>``, its log and PID file
+    ``redis-<port>`` in the run folder). The first ``up`` creates the cluster
+    (``redis-cli --cluster create``, slots spread evenly, no replicas); later starts
+    rejoin it from each node's ``nodes.conf``. Healthy: every node answers and the
+    cluster's state is ``ok``. Each node also uses its port + 10000 (the cluster bus)."""
+
+    name = "redis"
+    _port_key = "redis.cluster_nodes"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.enabled = cfg.redis.start_local
+        self.nodes = cfg.redis.seed_nodes()
+        self.host, self.port = self.nodes[0]
+
+    def _node_name(self, port: int) -> str:
+        return f"{self.name}-{port}"
+
+    def _client(self, host: str, port: int):
+        import redis
+
+        return redis.Redis(host=host, port=port, password=self.cfg.redis_password(), socket_timeout=2)
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError("a cluster has one command line per node: see _node_argv")
+
+    def _ping(self, host: str, port: int) -> bool:
+        client = self._client(host, port)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    def _node_argv(self, host: str, port: int) -> list[str]:
+        data = self.cfg.data_dir / "redis" / str(port)
+        data.mkdir(parents=True, exist_ok=True)
+        conf = self.cfg.run_dir / f"{self._node_name(port)}.conf"
+        password = self.cfg.redis_password()
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join([
+                f"bind {host}",
+                f"port {port}",
+                "protected-mode yes",
+                f"requirepass {password}",
+                f"masterauth {password}",     # a replica added later authenticates with it
+                f"dir {data}",
+                "cluster-enabled yes",
+                f"cluster-config-file {data / 'nodes.conf'}",  # the cluster's state, kept by Redis
+                "cluster-node-timeout 5000",
+                "appendonly yes",
+                "appendfsync everysec",
+                "save 60 1000",
+                "daemonize no",
+                "", ]))
+        return [_executable("redis-server"), str(conf)]
+
+    def _cluster_info(self, host: str, port: int) -> dict[str, str]:
+        client = self._client(host, port)
+        try:
+            return {str(key): str(value) for key, value in client.cluster("info").items()}
+        finally:
+            client.close()
+
+    def healthy(self) -> bool:
+        return all(self._cluster_info(host, port).get("cluster_state") == "ok" for host, port in self.nodes)
+
+    def _check_nodes(self) -> None:
+        if len(self.nodes) < 3:
+            raise ServiceError(f"redis: a Redis Cluster needs at least three masters; redis.cluster_nodes in "
+                               f"{self.cfg.source_file} lists {len(self.nodes)}")
+        for host, _ in self.nodes:
+            if not host.startswith("127.") and host != "localhost":
+                raise ServiceError(f"redis: `tessera up` starts cluster nodes on loopback only, not {host}; "
+                                   f"set redis.start_local: false for a cluster elsewhere")
+
+    def up(self) -> str:
+        if not self.enabled:
+            return f"{self.name}: not used by profile {self.cfg.profile}"
+        self._check_nodes()
+        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        timeout_s = self.cfg.services.start_timeout_s
+        started: list[int] = []
+        try:
+            for host, port in self.nodes:
+                name = self._node_name(port)
+                pid = _read_pid(self.cfg, name)
+                if pid and _port_open(host, port):
+                    continue
+                if pid:  # a half-started leftover
+                    _stop_pid(pid)
+                for taken in (port, port + 10000):
+                    if _port_open(host, taken):
+                        raise ServiceError(
+                            f"{self.name}: port {taken} on {host} is taken by another process (a cluster node "
+                            f"uses its port and port + 10000). Stop it, or choose other ports in "
+                            f"redis.cluster_nodes of {self.cfg.source_file}.")
+                pid = _start(self.cfg, name, self._node_argv(host, port))
+                started.append(pid)
+                _wait(partial(self._ping, host, port), timeout_s, name, pid, self.cfg.run_dir / f"{name}.log")
+            if not any(int(self._cluster_info(host, port).get("cluster_slots_assigned", 0))
+                       for host, port in self.nodes):
+                self._create_cluster()
+            pid = _read_pid(self.cfg, self._node_name(self.port)) or 0
+            _wait(self.healthy, timeout_s, f"{self.name} cluster", pid, self._log)
+        except BaseException:
+            for pid in started:
+                _stop_pid(pid)
+            raise
+        what = "started" if started else "already running"
+        return f"{self.name}: {what}, a cluster of {len(self.nodes)} masters on {self._addresses()}"
+
+    def _create_cluster(self) -> None:
+        """``redis-cli --cluster create``: slots spread over the nodes, no replicas."""
+        command = [_executable("redis-cli"), "--cluster", "create",
+                   *(f"{host}:{port}" for host, port in self.nodes), "--cluster-replicas", "0", "--cluster-yes"]
+        out = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=self.cfg.services.start_timeout_s,
+                             env={**os.environ, "REDISCLI_AUTH": self.cfg.redis_password()})
+        with open(self._log, "a") as log:
+            log.write(out.stdout + out.stderr)
+        if out.returncode != 0 or "[OK] All 16384 slots covered" not in out.stdout:
+            raise ServiceError(f"{self.name}: redis-cli --cluster create failed (see {self._log}):\n"
+                               f"{(out.stdout + out.stderr)[-2000:]}")
+
+    def down(self) -> str:
+        stopped = []
+        for _, port in self.nodes:
+            name = self._node_name(port)
+            pid = _read_pid(self.cfg, name)
+            _pid_file(self.cfg, name).unlink(missing_ok=True)
+            if pid:
+                _stop_pid(pid)
+                stopped.append(str(pid))
+        if not stopped:
+            return f"{self.name}: not running"
+        return f"{self.name}: stopped the cluster's nodes (pids {', '.join(stopped)})"
+
+    def status(self) -> ServiceStatus:
+        pids = [_read_pid(self.cfg, self._node_name(port)) for _, port in self.nodes]
+        healthy, problem = False, None
+        if self.enabled and all(_port_open(host, port) for host, port in self.nodes):
+            try:
+                healthy = self.healthy()
+            except Exception as error:  # status reports it; it never raises
+                problem = f"{type(error).__name__}: {error}"
+        running = [pid for pid in pids if pid]
+        where = (f"cluster of {len(self.nodes)} masters {self._addresses()}  "
+                 f"pids {', '.join(str(pid) if pid else '-' for pid in pids)}")
+        return ServiceStatus(self.name, self.enabled, running[0] if running else None, self.host, self.port,
+                             healthy, problem, where=where)
+
+    def _addresses(self) -> str:
+        return ", ".join(f"{host}:{port}" for host, port in self.nodes)
+
+    @property
+    def _log(self) -> Path:
+        return self.cfg.run_dir / f"{self.name}-cluster.log"
 
 
 class S3Service(_Service):
@@ -516,7 +683,8 @@ class FeastUiService(_Service):
 
 def _services(cfg: Config, only: list[str] | None = None) -> list[_Service]:
     # Order matters: the MLflow server may keep its artifacts in the S3 endpoint.
-    all_services = [RedisService(cfg), S3Service(cfg), MlflowService(cfg), KafkaService(cfg)]
+    redis_service: _Service = RedisClusterService(cfg) if cfg.redis.mode == "cluster" else RedisService(cfg)
+    all_services = [redis_service, S3Service(cfg), MlflowService(cfg), KafkaService(cfg)]
     feast_ui = FeastUiService(cfg)
     if (only and feast_ui.name in only) or feast_ui.running():  # on demand only
         all_services.append(feast_ui)

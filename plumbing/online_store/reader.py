@@ -8,7 +8,9 @@ from datetime import datetime, timedelta, timezone
 from typing import NamedTuple, cast
 
 import numpy as np
+import redis
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.cluster import RedisCluster
 
 from plumbing.config import Config
 from plumbing.online_store.connections import RedisSettings, redis_client
@@ -37,7 +39,9 @@ class OnlineStoreReader:
     ``read`` does it all (blocking). An asyncio caller (the API) does the same in three
     steps around its own Redis client: ``plan`` (cached per list of references),
     ``commands`` (one HMGET per entity and view) and ``decode`` of the replies into
-    compact :class:`OnlineStoreReader.Row` tuples, which ``read`` also uses.
+    compact :class:`OnlineStoreReader.Row` tuples, which ``read`` also uses. On Redis
+    Cluster (``redis.mode: cluster``) ``read``'s pipeline is redis-py's cluster pipeline:
+    one round trip per node.
     """
 
     class Plan:
@@ -70,7 +74,8 @@ class OnlineStoreReader:
 
             tables = FEATURE_TABLES.values()
         self._views = {table.name: View(table, project) for table in tables}
-        self._client = redis_client(RedisSettings.from_config(cfg))
+        self._settings = RedisSettings.from_config(cfg)
+        self._client: redis.Redis | RedisCluster | None = None  # on the first read (a cluster client connects)
         self._plans: dict[tuple[str, ...], OnlineStoreReader.Plan] = {}
 
     def plan(self, feature_refs: Sequence[str]) -> OnlineStoreReader.Plan:
@@ -115,6 +120,13 @@ class OnlineStoreReader:
             parts += (planned.resp_head, b"$%d\r\n" % len(key), key, planned.resp_fields)
         return b"".join(parts)
 
+    def keyed_commands(self, plan: OnlineStoreReader.Plan,
+                       entity_rows: Sequence[Mapping[str, str]]) -> list[tuple[bytes, bytes]]:
+        """``packed_commands`` one by one, each with its key: (key, packed HMGET), in the
+        replies' order. For Redis Cluster, where each goes to the node of its key's slot."""
+        return [(key, b"".join((planned.resp_head, b"$%d\r\n" % len(key), key, planned.resp_fields)))
+                for planned, key in self._keys(plan, entity_rows)]
+
     def decode(self, plan: OnlineStoreReader.Plan, replies: Sequence[list], now: datetime,
                entity_count: int) -> list[list[OnlineStoreReader.Row]]:
         """The replies of ``commands`` -> per entity, one :class:`Row` per view of the plan.
@@ -135,6 +147,8 @@ class OnlineStoreReader:
         """
         plan = self.plan(feature_refs)
         now = now or datetime.now(timezone.utc)
+        if self._client is None:
+            self._client = redis_client(self._settings)
         pipe = self._client.pipeline(transaction=False)
         for command in self.commands(plan, entity_rows):
             pipe.execute_command(*command)

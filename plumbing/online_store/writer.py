@@ -11,8 +11,15 @@ later computation has seen every event the earlier one had. Replaying a micro-ba
 writes the same values again. One ``EVALSHA`` carries
 ``ROWS_PER_SCRIPT`` rows (a call per row costs Redis several times more); calls go out
 pipelined, ``batch_size`` rows per round trip, the next chunk encoded while Redis works
-on the previous one. A call's keys need not share a hash slot, so this is for a single
-Redis (with replicas), not Redis Cluster.
+on the previous one.
+
+Redis Cluster (``redis.mode: cluster``): a script may only touch keys of one hash slot,
+so there each call carries one row (one key), and the micro-batch's calls are grouped
+by the node that holds each key's slot: one pipelined round trip per node per chunk,
+all nodes' chunks sent before any reply is read. Newest-wins stays atomic per key. A
+call a node refuses (its slot moved: MOVED, ASK, TRYAGAIN, CLUSTERDOWN) is sent again,
+after the slot map is refreshed, through redis-py's cluster client, which follows the
+redirection; a write of the same row twice leaves the same bytes, so this is safe.
 
 Key expiry: a key expires when its last valid value does (see :mod:`plumbing.online_store`).
 """
@@ -28,9 +35,11 @@ from typing import TypeAlias
 import pandas as pd
 import pyarrow as pa
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from plumbing.config import Config
-from plumbing.online_store.connections import RedisSettings, redis_client
+from plumbing.online_store.connections import RedisSettings, cluster_client, redis_client
 from plumbing.online_store.layout import COLUMN_ENCODERS, FEAST_PROJECT, View, encode_timestamp
 from transformations.tables import FeatureTable
 
@@ -160,6 +169,122 @@ class _Chunk:
                            skipped_expired=self.skipped_expired)
 
 
+def _resp(argument: bytes) -> bytes:
+    """One argument in Redis's wire protocol (RESP bulk string)."""
+    return b"$%d\r\n%s\r\n" % (len(argument), argument)
+
+
+_SCRIPT_LOAD_RESP = b"*3\r\n" + _resp(b"SCRIPT") + _resp(b"LOAD") + _resp(WRITE_UNLESS_OLDER_LUA.encode())
+
+
+class _NodeChunk:
+    """A cluster chunk's calls for one node (packed by hand: one key per call makes
+    redis-py's packing of the same header fields per row cost more than the encoding),
+    sent on a connection of that node."""
+
+    __slots__ = ("connection", "parts", "pool", "rows")
+
+    def __init__(self, pool: redis.ConnectionPool):
+        self.pool = pool
+        self.connection: redis.Connection | None = None
+        # Loaded ahead, as on a single node: a node that restarted has an empty script cache.
+        self.parts: list[bytes] = [_SCRIPT_LOAD_RESP]
+        self.rows: list[tuple] = []  # per call: (key, Timestamp, expiry ms, values), for a resend
+
+    def send(self) -> None:
+        self.connection = self.pool.get_connection()
+        self.connection.send_packed_command([b"".join(self.parts)])
+
+    def read(self) -> tuple[int, list[tuple]]:
+        """(rows written, the rows of the calls the node refused: a slot that moved)."""
+        connection = self.connection
+        assert connection is not None, "send first"
+        written, refused = 0, []
+        try:
+            connection.read_response()  # SCRIPT LOAD: an error here is raised
+            for row in self.rows:
+                try:
+                    written += connection.read_response()
+                except redis.ResponseError:  # one reply, read whole: the connection stays in step
+                    refused.append(row)
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: never reuse it as is
+            raise
+        finally:
+            self.pool.release(connection)
+            self.connection = None
+        return written, refused
+
+
+class _ClusterChunk:
+    """The calls of a slice of rows, one key per call, grouped by the node of its slot."""
+
+    def __init__(self, client: RedisCluster, view: View, chunk: pa.Table, now_ms: int):
+        self.client = client
+        self.view = view
+        self.nodes: dict[str, _NodeChunk] = {}
+        self.rows_sent = self.skipped_expired = 0
+        keys = [view.key(entity_id) for entity_id in chunk.column(view.join_key).to_pylist()]
+        event_micros = _epoch_micros(chunk.column(view.table.timestamp_column))
+        value_columns = [COLUMN_ENCODERS[feature.dtype](chunk.column(feature.name))
+                         for feature in view.table.features]
+        # EVALSHA <sha> 1 <key> _ts:<view> F <F fields> <Timestamp> <expiry ms> <F values>
+        call_head = b"*%d\r\n" % (8 + 2 * len(view.fields)) + _resp(b"EVALSHA") + \
+            _resp(WRITE_UNLESS_OLDER_SHA.encode()) + _resp(b"1")
+        fields_resp = _resp(view.ts_field) + _resp(b"%d" % len(view.fields)) + \
+            b"".join(_resp(field) for field in view.fields.values())
+        slots = client.nodes_manager.slots_cache
+        nodes = self.nodes
+        for key, micros, values in zip(keys, event_micros, zip(*value_columns, strict=True), strict=True):
+            expires_at_ms = -(-(micros + view.ttl_micros) // 1000)  # rounded up
+            if expires_at_ms <= now_ms:
+                self.skipped_expired += 1
+                continue
+            node = slots[key_slot(key)][0]  # the slot's master
+            node_chunk = nodes.get(node.name)
+            if node_chunk is None:
+                node_chunk = nodes[node.name] = _NodeChunk(client.get_redis_connection(node).connection_pool)
+            stamp = encode_timestamp(micros)
+            node_chunk.parts += (call_head, _resp(key), fields_resp, _resp(stamp), _resp(b"%d" % expires_at_ms),
+                                 *map(_resp, values))
+            node_chunk.rows.append((key, stamp, expires_at_ms, values))
+            self.rows_sent += 1
+
+    def send(self) -> None:
+        for node_chunk in self.nodes.values():
+            node_chunk.send()
+
+    def read_result(self) -> WriteResult:
+        written, refused, failure = 0, [], None
+        for node_chunk in self.nodes.values():  # every node's replies, even after a failure
+            try:
+                node_written, node_refused = node_chunk.read()
+            except BaseException as error:
+                failure = failure or error
+                continue
+            written += node_written
+            refused += node_refused
+        if failure:
+            raise failure
+        if refused:  # the slot map changed: refresh it, let redis-py follow the redirections
+            self.client.nodes_manager.initialize()
+            view = self.view
+            head = (view.ts_field, len(view.fields), *view.fields.values())
+            for key, stamp, expires_at_ms, values in refused:
+                written += self.client.execute_command("EVAL", WRITE_UNLESS_OLDER_LUA, 1, key, *head, stamp,
+                                                       expires_at_ms, *values)
+        return WriteResult(written=written, skipped_older=self.rows_sent - written,
+                           skipped_expired=self.skipped_expired)
+
+    def abandon(self) -> None:
+        """Close the connections of a chunk sent but not read (another chunk failed)."""
+        for node_chunk in self.nodes.values():
+            if node_chunk.connection is not None:
+                node_chunk.connection.disconnect()
+                node_chunk.pool.release(node_chunk.connection)
+                node_chunk.connection = None
+
+
 def _encode_chunk(view: View, chunk: pa.Table, now_ms: int) -> _Chunk:
     """SCRIPT LOAD, then one EVALSHA of the write script per ``ROWS_PER_SCRIPT`` rows."""
     keys = [view.key(entity_id) for entity_id in chunk.column(view.join_key).to_pylist()]
@@ -213,7 +338,11 @@ class OnlineStoreWriter:
         view = View(table, self.project)
         data = _as_arrow(rows, table)
         now_ms = int((now.timestamp() if now else time.time()) * 1000)
-        pool = redis_client(self.settings).connection_pool
+        if self.settings.cluster:
+            return self._write_cluster(view, data, now_ms)
+        client = redis_client(self.settings)
+        assert isinstance(client, redis.Redis)  # a single Redis (not cluster mode)
+        pool = client.connection_pool
         connection = pool.get_connection()
         result = WriteResult()
         try:
@@ -233,6 +362,32 @@ class OnlineStoreWriter:
             raise
         finally:
             pool.release(connection)
+        return result
+
+    def _write_cluster(self, view: View, data: pa.Table, now_ms: int) -> WriteResult:
+        """As on a single node, one chunk in flight while the next is encoded; a chunk is
+        one round trip per node that holds any of its keys."""
+        client = cluster_client(self.settings)
+        result = WriteResult()
+        # Chunk n+1 goes out on other connections of the same nodes while n's replies wait.
+        # Each call is atomic and keeps the newer row whatever the order, so the two may
+        # interleave in Redis (only rows of one entity and the same instant, which the
+        # jobs never write in one call, would then depend on the order).
+        in_flight: list[_ClusterChunk] = []
+        try:
+            for start in range(0, data.num_rows, self.batch_size):
+                chunk = _ClusterChunk(client, view, data.slice(start, self.batch_size), now_ms)
+                in_flight.append(chunk)
+                chunk.send()
+                if len(in_flight) == 2:
+                    result += in_flight.pop(0).read_result()
+            while in_flight:
+                result += in_flight[0].read_result()
+                in_flight.pop(0)
+        except BaseException:
+            for chunk in in_flight:
+                chunk.abandon()
+            raise
         return result
 
 
