@@ -13,7 +13,15 @@ of any type become strings), validates every row as the batch job does
   reason and the source row as it was read;
 - the rest land as Parquet in the raw history, ``<events.history_uri>/<event type>/
   date=YYYY-MM-DD/ingest-<import id>-NNN.parquet`` (UTC date of ``event_time``), where
-  the batch job reads them like any other history file.
+  the batch job reads them like any other history file;
+- a mapped fraud flag lands beside them, in ``<events.history_uri>/fraud_labels/`` (one
+  row per landed transaction: ids, time, ``is_fraud``), the labels of ``tessera train
+  --labels flag`` (``plumbing.training_sets``).
+
+Columns the export lacks or leaves empty get the mapping's defaults (``jobs.ingest_mapping``:
+device and country have built-in ones); the summary says how many rows got one and what
+that means for the features. When more than ``--max-reject-fraction`` of the rows are
+rejected, nothing of the file lands (the dead letters are filed, to show why).
 
 Idempotent by content: the import id is a hash of the input's rows and of the mapping, so
 ingesting the same export with the same mapping again names the same files, which are
@@ -26,244 +34,70 @@ ingest that fails leaves what earlier ingests landed as it was. The raw-events s
 The mapping file is documented in docs/your_own_events.md ("Bringing an export in").
 
 Exit codes: 0 landed (rejected rows, if any, are in the dead-letter table); 1 the
-validation suite failed, nothing landed; 2 bad usage or unusable input (a mapping naming a
-column the input lacks, an empty file, no file at the path): nothing written.
+validation suite failed, or more rows than the limit were rejected: nothing landed; 2 bad
+usage or unusable input (a mapping naming a column the input lacks, an empty file, no file
+at the path): nothing written.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import logging
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import yaml
 from pyspark import StorageLevel
-from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from expectations.runner import record_validation, validate
 from expectations.suites import raw_events_suite
+from jobs.ingest_mapping import (
+    DEFAULTED,
+    FLAG_REASON,
+    FLAG_UNPARSED,
+    FORMATS,
+    FRAUD_FLAG,
+    ROW_HASH,
+    SOURCE_ROW,
+    UNPARSED,
+    IngestError,
+    Mapping,
+    default_note,
+    load_mapping,
+    map_columns,
+    read_input,
+)
 from plumbing import tracking
 from plumbing.config import Config, add_profile_option, load_config_for_command
 from plumbing.event_tables import dead_letter_table
 from plumbing.raw_events import history_uri
 from plumbing.spark import get_spark
+from plumbing.training_sets import FRAUD_FLAG_COLUMN, FRAUD_LABELS
 from transformations import cleaning
 from transformations.schemas import EVENT_ENTITY_COLUMNS, EVENT_ID_COLUMNS, EVENT_TYPES, SCHEMAS
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+__all__ = ["IngestError", "IngestResult", "Mapping", "RejectLimitExceeded", "ValidationFailed", "load_mapping",
+           "main", "run"]
+
 RUN_PREFIX = "ingest."
 STAGING_FOLDER = "_ingest_staging"  # under events.history_uri, beside (not inside) the event types' folders
-_SOURCE_ROW = "_source_row"
-_ROW_HASH = "_row_hash"
 UNDECODABLE = "\ufffd"  # what a reader puts for bytes its encoding cannot decode
-_UNPARSED = "_unparsed_"  # + time column: the source had a value the time format did not parse
-
-
-class IngestError(Exception):
-    """Unusable input or mapping: nothing was written. The message says what and where."""
+# Above this share of rejected rows the export itself is suspect (a wrong mapping, a
+# changed layout): nothing of it lands. The batch job stops at the same share.
+DEFAULT_MAX_REJECT_FRACTION = 0.05
 
 
 class ValidationFailed(Exception):
     """The raw-events suite failed on the rows that would land: nothing landed."""
 
 
-# ------------------------------------------------------------------ the mapping
-@dataclass(frozen=True)
-class Source:
-    """Where one declared column comes from: a source column, a constant or a SQL expression."""
-    kind: str  # "column" | "constant" | "expr"
-    value: Any
-    line: int  # in the mapping file, for messages
-    time_format: str | None = None
-    time_zone: str | None = None
-
-
-@dataclass(frozen=True)
-class Mapping:
-    path: str
-    event_type: str
-    columns: dict[str, Source]
-    read_options: dict[str, str] = field(default_factory=dict)
-    format: str | None = None
-    canonical: str = ""  # the mapping as sorted JSON: part of the import id
-
-    def describe(self, target: str) -> str:
-        return f"{self.path}, line {self.columns[target].line}, key '{target}'"
-
-
-def load_mapping(path: str, event_type: str) -> Mapping:
-    """Parse and check a mapping file (IngestError naming the line on any problem)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except OSError as exc:
-        raise IngestError(f"cannot read the mapping {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise IngestError(f"the mapping {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
-        raise IngestError(f"the mapping {path} needs a 'columns:' section (declared column: source)")
-    known = {"event_type", "columns", "read_options", "format", "time_format", "time_zone"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise IngestError(f"the mapping {path} has unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
-    if data.get("event_type", event_type) != event_type:
-        raise IngestError(f"the mapping {path} is for {data['event_type']!r}, not {event_type!r}")
-    assert isinstance(node, yaml.MappingNode)
-    lines = {key.value: key.start_mark.line + 1
-             for top_key, top_value in node.value if top_key.value == "columns"
-             for key, _ in top_value.value}
-
-    schema = SCHEMAS[event_type]
-    declared = schema.fieldNames()
-    columns: dict[str, Source] = {}
-    for target, spec in data["columns"].items():
-        line = lines.get(target, 0)
-        if target not in declared:
-            raise IngestError(f"{path}, line {line}: '{target}' is not a column of {event_type} "
-                              f"(declared: {', '.join(declared)})")
-        options = spec if isinstance(spec, dict) else {"column": spec}
-        kinds = [kind for kind in ("column", "constant", "expr") if kind in options]
-        extra = sorted(set(options) - {"column", "constant", "expr", "time_format", "time_zone"})
-        if len(kinds) != 1 or extra or (kinds[0] != "constant" and not isinstance(options[kinds[0]], str)):
-            raise IngestError(f"{path}, line {line}, key '{target}': give a source column name, or exactly one "
-                              f"of column:, constant:, expr: (with time_format:, time_zone: for times)")
-        columns[target] = Source(kinds[0], options[kinds[0]], line,
-                                 options.get("time_format", data.get("time_format")),
-                                 options.get("time_zone", data.get("time_zone")))
-    missing = [f.name for f in schema.fields if not f.nullable and f.name not in columns]
-    if missing:
-        raise IngestError(f"the mapping {path} has no entry for the required column(s) {', '.join(missing)} "
-                          f"of {event_type} (under columns:)")
-    fmt = data.get("format")
-    if fmt is not None and fmt not in set(FORMATS.values()):
-        raise IngestError(f"the mapping {path}: format {fmt!r} is not one of csv, parquet, jsonl")
-    return Mapping(path, event_type, columns, {str(k): str(v) for k, v in (data.get("read_options") or {}).items()},
-                   fmt, json.dumps(data, sort_keys=True, default=str))
-
-
-# ------------------------------------------------------------------ reading and mapping
-def read_input(spark: SparkSession, uri: str, fmt: str, read_options: dict[str, str]) -> DataFrame:
-    """The input as Spark reads it: CSV with a header and every column a string (ids keep
-    their leading zeros; the cast is validation's), Parquet with its own types, JSON lines."""
-    path = "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
-    options = {"header": "true", "inferSchema": "false", "multiLine": "false", "mode": "PERMISSIVE",
-               **read_options} if fmt == "csv" else dict(read_options)
-    reader = spark.read.options(**options)
-    try:
-        if fmt == "csv":
-            return reader.csv(path)
-        if fmt == "parquet":
-            return reader.parquet(path)
-        return reader.json(path)
-    except AnalysisException as exc:
-        if "PATH_NOT_FOUND" in str(exc.getCondition()):
-            raise IngestError(f"no file at {uri}") from None
-        if "UNABLE_TO_INFER_SCHEMA" in str(exc.getCondition()):
-            raise IngestError(f"{uri} has no data (an empty file?): nothing written") from None
-        raise
-
-
-def _quoted(name: str) -> Column:
-    return F.col("`" + name.replace("`", "``") + "`")
-
-
-def map_columns(source: DataFrame, mapping: Mapping) -> DataFrame:
-    """The declared columns from the mapping, plus the source row (as JSON, for dead letters),
-    its hash (for the import id) and, per time column, whether its text failed to parse."""
-    schema = SCHEMAS[mapping.event_type]
-    selected: list[Column] = []
-    unparsed: list[Column] = []
-    for f in schema.fields:
-        spec = mapping.columns.get(f.name)
-        if spec is None:  # an optional column the export lacks
-            selected.append(F.lit(None).cast(f.dataType).alias(f.name))
-            continue
-        column = _resolve(source, mapping, f.name, spec)
-        if f.dataType == T.TimestampType():
-            column, failed = _as_instant(source, column, spec)
-            unparsed.append(failed.alias(_UNPARSED + f.name))
-        selected.append(column.alias(f.name))
-    source_columns = [_quoted(name) for name in source.columns]
-    return source.select(*selected, *unparsed,
-                         F.to_json(F.struct(*source_columns)).alias(_SOURCE_ROW),
-                         F.xxhash64(*source_columns).alias(_ROW_HASH))
-
-
-def _resolve(source: DataFrame, mapping: Mapping, target: str, spec: Source) -> Column:
-    if spec.kind == "constant":
-        return F.lit(spec.value)
-    if spec.kind == "column":
-        if spec.value not in source.columns:
-            raise IngestError(f"no column '{spec.value}' in the input, named by {mapping.describe(target)}; "
-                              f"{_input_columns(source)}")
-        return _quoted(spec.value)
-    try:
-        column = F.expr(spec.value)
-        with _quiet_analysis_errors():
-            _ = source.select(column).schema  # analysed now: an unknown column fails here, by name
-    except AnalysisException as exc:
-        missing = exc.getMessageParameters() or {}
-        name = missing.get("objectName", "")
-        what = f"no column {name} in the input" if name else f"the expression does not work: {exc.getCondition()}"
-        raise IngestError(f"{what}, used by {mapping.describe(target)} ({spec.value}); "
-                          f"{_input_columns(source)}") from None
-    return column
-
-
-@contextmanager
-def _quiet_analysis_errors() -> Iterator[None]:
-    """PySpark logs every analysis error with its stack trace to stderr; here the error is
-    expected and turned into one line, so its loggers stay quiet meanwhile."""
-    loggers = [logging.getLogger(name) for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger")]
-    before = [logger.disabled for logger in loggers]
-    for logger in loggers:
-        logger.disabled = True
-    try:
-        yield
-    finally:
-        for logger, disabled in zip(loggers, before, strict=True):
-            logger.disabled = disabled
-
-
-def _input_columns(source: DataFrame) -> str:
-    names = source.columns
-    listed = "the input has the columns " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-    if len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
-        listed += " (one column: is the delimiter right? read_options: {sep: ...} in the mapping)"
-    return listed
-
-
-def _as_instant(source: DataFrame, column: Column, spec: Source) -> tuple[Column, Column]:
-    """A UTC instant from text (parsed with the time format) or a naive timestamp (read in the
-    source time zone, DST included: to_utc_timestamp); an instant stays as it is. Returns the
-    instant and whether a present value failed to parse."""
-    stored = source.select(column).schema.fields[0].dataType
-    if isinstance(stored, T.StringType):
-        text = F.trim(column)
-        parsed = (F.try_to_timestamp(text, F.lit(spec.time_format)) if spec.time_format
-                  else text.try_cast(T.TimestampType()))
-        failed = text.isNotNull() & (text != "") & parsed.isNull()
-    elif isinstance(stored, T.TimestampNTZType):
-        parsed, failed = column.cast(T.TimestampType()), F.lit(False)
-    else:  # an instant already (or a type validation will judge)
-        return column, F.lit(False)
-    if spec.time_zone:
-        parsed = F.to_utc_timestamp(parsed, spec.time_zone)
-    return parsed, failed
+class RejectLimitExceeded(Exception):
+    """More rows were rejected than the limit allows: nothing landed (the dead letters were filed)."""
 
 
 # ------------------------------------------------------------------ the job
@@ -283,6 +117,10 @@ class IngestResult:
     duplicate_ids: int = 0  # (entity, id) pairs landed more than once
     duplicate_ids_differing: int = 0  # ... whose rows differ
     undecodable_rows: int = 0  # rows with text the input's encoding could not decode
+    defaulted: dict[str, int] = field(default_factory=dict)  # column -> rows that got its default
+    default_notes: dict[str, str] = field(default_factory=dict)  # column -> the default and what it means
+    flagged: int | None = None  # landed transactions flagged as fraud (None: the mapping has no fraud_flag)
+    label_files_written: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"  rows read     {self.rows_read:,}",
@@ -292,6 +130,12 @@ class IngestResult:
         lines += [f"    {reason:32s} {count:,}" for reason, count in sorted(self.rejected.items())]
         lines.append(f"  time range    {self.first_time} .. {self.last_time} (UTC)")
         lines += [f"  {column:13s} {count:,} distinct" for column, count in self.entities.items()]
+        lines += [f"  default       {column}: {count:,} row(s) without one got {self.default_notes[column]}"
+                  for column, count in self.defaulted.items() if count]
+        if self.flagged is not None:
+            lines.append(f"  fraud flags   {self.flagged:,} of {self.rows_landed:,} landed transactions flagged "
+                         f"({len(self.label_files_written)} label file(s) written: the labels of "
+                         f"`tessera train --labels flag`)")
         if self.duplicate_ids:
             lines.append(f"  duplicate ids {self.duplicate_ids:,} delivered more than once, "
                          f"{self.duplicate_ids_differing:,} of them with differing rows: the batch job counts "
@@ -303,7 +147,8 @@ class IngestResult:
 
 
 def run(cfg: Config, event_type: str, input_uri: str, mapping: Mapping, fmt: str,
-        spark: SparkSession | None = None, now: datetime | None = None) -> IngestResult:
+        spark: SparkSession | None = None, now: datetime | None = None,
+        max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION) -> IngestResult:
     now = now or datetime.now(timezone.utc)
     spark = spark or get_spark(cfg, "ingest", console_progress=sys.stderr.isatty())
     tracking.configure_tracking(cfg)
@@ -313,56 +158,78 @@ def run(cfg: Config, event_type: str, input_uri: str, mapping: Mapping, fmt: str
     mapped = map_columns(source, mapping)
     checked = cleaning.validate_typed_events(mapped, event_type, now=now)
     reason = F.col(cleaning.REJECT_REASON)
-    for name in [c for c in mapped.columns if c.startswith(_UNPARSED)]:
-        column = name[len(_UNPARSED):]  # a time that did not parse is wrong_type, not missing
+    for name in [c for c in mapped.columns if c.startswith(UNPARSED)]:
+        column = name[len(UNPARSED):]  # a time that did not parse is wrong_type, not missing
         reason = F.when((reason == f"{cleaning.MISSING_FIELD}:{column}") & F.col(name),
                         F.lit(f"{cleaning.WRONG_TYPE}:{column}")).otherwise(reason)
+    if FLAG_UNPARSED in mapped.columns:  # a fraud flag that is no boolean: the row's last check
+        reason = F.coalesce(reason, F.when(F.col(FLAG_UNPARSED), F.lit(FLAG_REASON)))
     checked = checked.withColumn(cleaning.REJECT_REASON, reason).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _land(cfg, spark, event_type, input_uri, mapping, fmt, checked, now)
+        return _land(cfg, spark, event_type, input_uri, mapping, fmt, checked, now, max_reject_fraction)
     finally:
         checked.unpersist()
 
 
 def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, mapping: Mapping, fmt: str,
-          checked: DataFrame, now: datetime) -> IngestResult:
+          checked: DataFrame, now: datetime, max_reject_fraction: float) -> IngestResult:
+    defaulted_columns = [c[len(DEFAULTED):] for c in checked.columns if c.startswith(DEFAULTED)]
+    has_flag = FRAUD_FLAG in checked.columns
     # One pass: rows and their hash sum (order-independent: the same rows in any order are the same import).
     counts = checked.groupBy(cleaning.REJECT_REASON).agg(
-        F.count(F.lit(1)).alias("rows"), F.sum(F.col(_ROW_HASH).cast("decimal(38,0)")).alias("hash_sum"),
+        F.count(F.lit(1)).alias("rows"), F.sum(F.col(ROW_HASH).cast("decimal(38,0)")).alias("hash_sum"),
         # U+FFFD: bytes the reader could not decode (a Latin-1 export read as UTF-8, say).
-        F.count(F.when(F.col(_SOURCE_ROW).contains(UNDECODABLE), 1)).alias("undecodable")).collect()
+        F.count(F.when(F.col(SOURCE_ROW).contains(UNDECODABLE), 1)).alias("undecodable"),
+        *[F.count(F.when(F.col(DEFAULTED + c), 1)).alias(DEFAULTED + c) for c in defaulted_columns],
+        *([F.count(F.when(F.col(FRAUD_FLAG), 1)).alias(FRAUD_FLAG)] if has_flag else [])).collect()
     undecodable = sum(row["undecodable"] for row in counts)
     rows_read = sum(row["rows"] for row in counts)
     rejected = {row[cleaning.REJECT_REASON]: row["rows"] for row in counts if row[cleaning.REJECT_REASON]}
+    rows_rejected = sum(rejected.values())
+    defaulted = {c: sum(row[DEFAULTED + c] for row in counts) for c in defaulted_columns}
+    flagged = sum(row[FRAUD_FLAG] for row in counts if row[cleaning.REJECT_REASON] is None) if has_flag else None
     content = f"{event_type}|{rows_read}|{sum(int(row['hash_sum'] or 0) for row in counts)}|{mapping.canonical}"
     import_id = hashlib.sha256(content.encode()).hexdigest()[:16]
 
     columns = SCHEMAS[event_type].fieldNames()
-    valid = checked.where(F.col(cleaning.REJECT_REASON).isNull()).select(*columns)
+    accepted = checked.where(F.col(cleaning.REJECT_REASON).isNull())
+    valid = accepted.select(*columns)
     entity_columns = sorted({EVENT_ENTITY_COLUMNS[event_type],
                              *(c for c in ("user_id", "merchant_id") if c in columns)}, key=columns.index)
-    # An id delivered more than once: the batch job counts it once, keeping any one of its rows.
-    keys = [EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type]]
-    repeated = (valid.groupBy(*keys)
-                .agg(F.count(F.lit(1)).alias("rows"), F.count_distinct(F.xxhash64(*columns)).alias("versions"))
-                .agg(F.count(F.when(F.col("rows") > 1, 1)), F.count(F.when(F.col("versions") > 1, 1))).first())
-    assert repeated is not None
-    duplicate_ids, conflicting_ids = repeated[0], repeated[1]
-    stats = valid.agg(F.date_format(F.min("event_time"), "yyyy-MM-dd HH:mm:ss"),
-                      F.date_format(F.max("event_time"), "yyyy-MM-dd HH:mm:ss"),
-                      *[F.count_distinct(c).alias(c) for c in entity_columns]).first()
-    assert stats is not None
 
     with tracking.feature_table_run(cfg, RUN_PREFIX + event_type,
                                     tags={"input": input_uri, "import_id": import_id, "format": fmt,
                                           "mapping": mapping.path}) as run:
-        mlflow.log_metrics({"rows_read": rows_read, "rows_landed": rows_read - sum(rejected.values()),
-                            "rows_rejected": sum(rejected.values()),
+        mlflow.log_metrics({"rows_read": rows_read, "rows_landed": rows_read - rows_rejected,
+                            "rows_rejected": rows_rejected,
+                            "reject_fraction": rows_rejected / rows_read,
                             **{f"rejected.{r.replace(':', '.')}": n for r, n in rejected.items()},
-                            **{f"distinct_{c}": stats[c] for c in entity_columns},
-                            "duplicate_ids": duplicate_ids, "duplicate_ids_differing": conflicting_ids,
+                            **{f"defaulted.{c}": n for c, n in defaulted.items()},
+                            **({"fraud_flagged": flagged} if flagged is not None else {}),
                             "rows_with_undecodable_text": undecodable})
         dead = _file_dead_letters(cfg, spark, event_type, checked, import_id, input_uri, now)
+        if rows_rejected / rows_read > max_reject_fraction:
+            message = (f"{rows_rejected:,} of {rows_read:,} rows of {input_uri} rejected "
+                       f"({rows_rejected / rows_read:.1%}), above the limit of {max_reject_fraction:.1%} "
+                       f"(--max-reject-fraction): nothing landed. Reasons: "
+                       + ", ".join(f"{r} {n:,}" for r, n in sorted(rejected.items(), key=lambda item: -item[1]))
+                       + f"; the rows are in ingest_dead_letter_{event_type} (import_id {import_id})")
+            tracking.fail_run([message])
+            raise RejectLimitExceeded(message)
+
+        # An id delivered more than once: the batch job counts it once, keeping any one of its rows.
+        keys = [EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type]]
+        repeated = (valid.groupBy(*keys)
+                    .agg(F.count(F.lit(1)).alias("rows"), F.count_distinct(F.xxhash64(*columns)).alias("versions"))
+                    .agg(F.count(F.when(F.col("rows") > 1, 1)), F.count(F.when(F.col("versions") > 1, 1))).first())
+        assert repeated is not None
+        duplicate_ids, conflicting_ids = repeated[0], repeated[1]
+        stats = valid.agg(F.date_format(F.min("event_time"), "yyyy-MM-dd HH:mm:ss"),
+                          F.date_format(F.max("event_time"), "yyyy-MM-dd HH:mm:ss"),
+                          *[F.count_distinct(c).alias(c) for c in entity_columns]).first()
+        assert stats is not None
+        mlflow.log_metrics({**{f"distinct_{c}": stats[c] for c in entity_columns},
+                            "duplicate_ids": duplicate_ids, "duplicate_ids_differing": conflicting_ids})
         # Validated as the batch job validates: one row per (entity, id).
         deduplicated = cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type],
                                                       EVENT_ID_COLUMNS[event_type])
@@ -372,11 +239,18 @@ def _land(cfg: Config, spark: SparkSession, event_type: str, input_uri: str, map
             tracking.fail_run(outcome.failed)
             raise ValidationFailed(f"raw {event_type} events of {input_uri}: " + "; ".join(outcome.failed))
         written, present = _write_history(cfg, spark, event_type, valid, import_id)
-        mlflow.log_metric("files_written", len(written))
-        result = IngestResult(import_id, rows_read, rows_read - sum(rejected.values()), rejected,
+        label_files: list[str] = []
+        if has_flag:  # the label of each landed transaction, beside the history (plumbing.training_sets)
+            labels = accepted.select("transaction_id", "user_id", "event_time",
+                                     F.col(FRAUD_FLAG).alias(FRAUD_FLAG_COLUMN))
+            label_files, _ = _write_history(cfg, spark, FRAUD_LABELS, labels, import_id)
+        mlflow.log_metrics({"files_written": len(written), "label_files_written": len(label_files)})
+        result = IngestResult(import_id, rows_read, rows_read - rows_rejected, rejected,
                               stats[0], stats[1], {c: stats[c] for c in entity_columns},
                               written, present, dead, run.info.run_id, duplicate_ids, conflicting_ids,
-                              undecodable)
+                              undecodable, defaulted,
+                              {c: default_note(event_type, c, mapping.defaults[c]) for c in defaulted},
+                              flagged, label_files)
         mlflow.log_text(result.summary() + "\n", "summary.txt")
     return result
 
@@ -391,7 +265,7 @@ def _file_dead_letters(cfg: Config, spark: SparkSession, event_type: str, checke
     if table.exists() and not table.read(spark).where(F.col("import_id") == import_id).isEmpty():
         return 0
     rows = rejected.select(
-        F.lit(event_type).alias("event_type"), F.col(_SOURCE_ROW).alias("raw"),
+        F.lit(event_type).alias("event_type"), F.col(SOURCE_ROW).alias("raw"),
         F.col(cleaning.REJECT_REASON).alias("reject_reason"), F.col("event_time"),
         F.lit("ingest").alias("source"), F.lit(now).alias("filed_at"), F.current_timestamp().alias("arrived_at"),
         F.lit(import_id).alias("import_id"), F.lit(input_uri).alias("input"))
@@ -444,14 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ingest", description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Example: ingest transactions exports/cards.csv --mapping docs/examples/ingest_transactions.yaml. "
                "The mapping file: docs/your_own_events.md, 'Bringing an export in: tessera ingest'. "
-               "Exit codes: 0 landed, 1 validation failed (nothing landed), 2 bad usage or input (nothing written).")
+               "Exit codes: 0 landed, 1 validation failed or too many rows rejected (nothing landed), 2 bad usage "
+               "or input (nothing written).")
     add_profile_option(parser)
     parser.add_argument("event_type", choices=EVENT_TYPES, help="the event type the rows are")
     parser.add_argument("input", help="a file, a glob or an s3:// URI (quote a glob)")
     parser.add_argument("--mapping", required=True, help="the YAML mapping of the declared columns")
     parser.add_argument("--format", choices=sorted(set(FORMATS.values())),
                         help="the input's format (default: the mapping's format:, else from the extension)")
+    parser.add_argument("--max-reject-fraction", type=_fraction, default=DEFAULT_MAX_REJECT_FRACTION,
+                        help="above this share of rejected rows nothing of the file lands (the dead letters are "
+                             f"still filed); default {DEFAULT_MAX_REJECT_FRACTION}, 1 for no limit")
     return parser
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: a fraction between 0 and 1")
+    return value
 
 
 def _format_of(input_uri: str, given: str | None, mapping: Mapping) -> str:
@@ -474,12 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = load_config_for_command(args.profile, "ingest")
     try:
-        result = run(cfg, args.event_type, args.input, mapping, fmt)
+        result = run(cfg, args.event_type, args.input, mapping, fmt, max_reject_fraction=args.max_reject_fraction)
     except IngestError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
     except ValidationFailed as exc:
         print(f"ingest: validation failed, nothing landed: {exc}", file=sys.stderr)
+        return 1
+    except RejectLimitExceeded as exc:
+        print(f"ingest: too many rows rejected: {exc}", file=sys.stderr)
         return 1
     print(f"ingest {args.event_type} from {args.input} (profile {cfg.profile}), MLflow run {result.run_id}:")
     print(result.summary())

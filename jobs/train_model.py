@@ -4,12 +4,17 @@
     python -m jobs.train_model --profile local
     tessera train ...                                                   (the same)
 
-1. Labels: the valid transactions of ``[--start, --end)`` (UTC dates), label 1 when a
-   chargeback arrived within ``--label-maturity-days`` (``plumbing.training_sets``).
-   By default the range is the whole history after its first day (the windows' warm-up)
-   up to the last day whose labels are mature.
+1. Labels: the valid transactions of ``[--start, --end)`` (UTC dates), from ``--labels``
+   (``plumbing.training_sets``): ``chargebacks`` (default), label 1 when a chargeback
+   arrived within ``--label-maturity-days``; or ``flag``, the fraud flag ``tessera ingest``
+   landed from an export, known ``--label-delay-days`` after the transaction (stated: a
+   flag has no time of its own), which is then the maturity. By default the range is the
+   whole history after its first day (the windows' warm-up) up to the last day whose
+   labels are mature.
 2. Training set: every feature of ``--feature-service`` as of each transaction, from the
-   latest Delta version of each table or the ``--versions`` given; hashed for lineage.
+   latest Delta version of each table or the ``--versions`` given; hashed for lineage. A
+   table of the service that is not in the lake (its events were never there: an export
+   without activity) is left out, said once, and the model trains on the others.
 3. A time-based split: the last ``--holdout-days`` are the holdout, the days before train.
    The holdout follows the training days directly; in production a model trains only on
    labels that have matured, so it would also be ``maturity`` older than the traffic it
@@ -69,9 +74,10 @@ from threadpoolctl import threadpool_limits
 
 from plumbing import training_sets
 from plumbing.config import Config, add_profile_option, load_config_for_command
+from plumbing.lake import LakeTable
 from plumbing.spark import get_spark
 from plumbing.tracking import configure_tracking, use_experiment
-from transformations.catalog import FEATURE_TABLES, definitions_hash
+from transformations.catalog import FEATURE_SERVICE_TABLES, FEATURE_TABLES, definitions_hash, feature_refs
 from transformations.times import utc_midnight
 
 EXPERIMENT = "tessera/fraud-model"
@@ -101,6 +107,7 @@ IMPORTANCE_ROWS = 20_000  # holdout rows the permutation importance is computed 
 VERSION_TAG_PREFIX = "delta_version."
 HASH_TAG = "training_set_hash"
 SERVICE_TAG = "feature_service"
+LABELS_TAG = "label_source"
 
 
 @dataclass
@@ -118,10 +125,22 @@ class Scores:
 
 # ------------------------------------------------------------------ data
 def build(spark: SparkSession, cfg: Config, start: date, end: date, maturity: timedelta, feature_service: str,
-          versions: dict[str, int] | None) -> tuple[DataFrame, dict[str, int]]:
-    """The labelled training set of [start, end) and the table versions it read."""
-    labels = training_sets.labelled_transactions(spark, cfg, utc_midnight(start), utc_midnight(end), maturity)
-    return training_sets.build_training_set(spark, cfg, labels, feature_service, versions)
+          versions: dict[str, int] | None, label_source: str = training_sets.CHARGEBACK_LABELS,
+          tables: list[str] | None = None) -> tuple[DataFrame, dict[str, int]]:
+    """The labelled training set of [start, end) and the table versions it read: the
+    service's features, of ``tables`` only when given."""
+    labels = training_sets.labelled_transactions(spark, cfg, utc_midnight(start), utc_midnight(end), maturity,
+                                                 label_source)
+    refs = [ref for ref in feature_refs(feature_service) if tables is None or ref.partition(":")[0] in tables]
+    return training_sets.build_training_set(spark, cfg, labels, refs, versions)
+
+
+def tables_in_lake(cfg: Config, feature_service: str) -> tuple[list[str], list[str]]:
+    """The service's tables that are in the lake, and those that are not (never written:
+    no events of their kind)."""
+    names = list(FEATURE_SERVICE_TABLES[feature_service])
+    present = [name for name in names if LakeTable.for_config(cfg, name).exists()]
+    return present, [name for name in names if name not in present]
 
 
 def rebuild_training_set(spark: SparkSession, cfg: Config, run_id: str) -> tuple[DataFrame, str]:
@@ -134,7 +153,8 @@ def rebuild_training_set(spark: SparkSession, cfg: Config, run_id: str) -> tuple
     versions = {key[len(VERSION_TAG_PREFIX):]: int(value) for key, value in tags.items()
                 if key.startswith(VERSION_TAG_PREFIX)}
     training_set, _ = build(spark, cfg, date.fromisoformat(params["start"]), date.fromisoformat(params["end"]),
-                            timedelta(days=float(params["label_maturity_days"])), tags[SERVICE_TAG], versions)
+                            timedelta(days=float(params["label_maturity_days"])), tags[SERVICE_TAG], versions,
+                            params.get(LABELS_TAG, training_sets.CHARGEBACK_LABELS), list(versions))
     return training_set, training_sets.training_set_hash(training_set)
 
 
@@ -278,17 +298,30 @@ def run(cfg: Config, args: argparse.Namespace, spark: SparkSession | None = None
     # The stage bar for a person at a terminal; logs and tests get no carriage-return lines.
     spark = spark or get_spark(cfg, "train-model", console_progress=sys.stderr.isatty())
     configure_tracking(cfg)
+    if args.label_maturity_days is None:  # main() resolves it; a caller of run() may not have
+        args.label_maturity_days = float(training_sets.DEFAULT_LABEL_MATURITY.days)
     maturity = timedelta(days=args.label_maturity_days)
     start, end = _resolve_range(spark, cfg, args.start, args.end, maturity)
+    tables, missing = tables_in_lake(cfg, args.feature_service)
+    if not tables:
+        raise ValueError(f"none of the tables of {args.feature_service} is in the lake {cfg.lake.root}: "
+                         f"run tessera batch-features first")
+    for name in missing:
+        print(f"train-model: {name} is not in the lake (no events of its kind): trained without its "
+              f"{len(FEATURE_TABLES[name].features)} features", flush=True)
     holdout_days = args.holdout_days or max(1, round(0.3 * (end - start).days))
     holdout_start = end - timedelta(days=holdout_days)
     if holdout_start <= start:
         raise ValueError(f"the holdout ({holdout_days} days) leaves no training days in [{start}, {end})")
-    print(f"train-model: transactions [{start}, {end}), holdout from {holdout_start}, labels mature after "
-          f"{args.label_maturity_days:g} days, feature service {args.feature_service}", flush=True)
+    labels = ("chargebacks within" if args.labels == training_sets.CHARGEBACK_LABELS
+              else "ingested fraud flags, known")
+    print(f"train-model: transactions [{start}, {end}), holdout from {holdout_start}, labels from {labels} "
+          f"{args.label_maturity_days:g} days after the transaction, feature service {args.feature_service}",
+          flush=True)
 
     started = time.monotonic()
-    training_set, versions = build(spark, cfg, start, end, maturity, args.feature_service, args.versions)
+    training_set, versions = build(spark, cfg, start, end, maturity, args.feature_service, args.versions,
+                                   args.labels, tables)
     training_set = training_set.persist(StorageLevel.MEMORY_AND_DISK)
     digest = training_sets.training_set_hash(training_set)
     # sklearn trains in one process: the finished training set (not the feature tables)
@@ -319,11 +352,14 @@ def run(cfg: Config, args: argparse.Namespace, spark: SparkSession | None = None
         with mlflow.start_run(run_name=f"fraud {start}..{end}") as active:
             mlflow.log_params({
                 "start": start.isoformat(), "end": end.isoformat(), "holdout_start": holdout_start.isoformat(),
-                "label_maturity_days": args.label_maturity_days, "alert_rate": args.alert_rate, "seed": args.seed,
+                "label_maturity_days": args.label_maturity_days, LABELS_TAG: args.labels,
+                "alert_rate": args.alert_rate, "seed": args.seed,
                 "model": "HistGradientBoostingClassifier", **HYPERPARAMETERS,
                 "model_inputs": ",".join(split.train_x.columns), "baseline_inputs": ",".join(RAW_FIELDS),
             })
             lineage = log_lineage(cfg, frame, digest, versions, args.feature_service, f"{start}..{end}")
+            if missing:
+                mlflow.set_tag("tables_not_in_lake", ",".join(missing))
             mlflow.log_metrics({
                 **features_result.as_metrics(""), **baseline_result.as_metrics("baseline_"),
                 "train_rows": len(split.train_y), "train_positives": int(split.train_y.sum()),
@@ -445,8 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--end", type=date.fromisoformat,
                         help="date after the last transaction (default: the last day with mature labels)")
     parser.add_argument("--holdout-days", type=int, help="the last days of the range held out (default: 30%%)")
-    parser.add_argument("--label-maturity-days", type=float, default=training_sets.DEFAULT_LABEL_MATURITY.days,
-                        help="a chargeback counts when it arrives this soon after the transaction (default 7)")
+    parser.add_argument("--labels", choices=training_sets.LABEL_SOURCES, default=training_sets.CHARGEBACK_LABELS,
+                        help="the label source: chargebacks (default), or flag, the fraud flag ingested with a "
+                             "mapping's fraud_flag: (then give --label-delay-days)")
+    parser.add_argument("--label-maturity-days", type=float,
+                        help=f"chargebacks: one counts when it arrives this soon after the transaction "
+                             f"(default {training_sets.DEFAULT_LABEL_MATURITY.days})")
+    parser.add_argument("--label-delay-days", type=float,
+                        help="flag: a transaction's flag is known this long after it, e.g. 30 (required with "
+                             "--labels flag); transactions younger than that at the history's end are not used")
     parser.add_argument("--feature-service", default=DEFAULT_FEATURE_SERVICE,
                         help=f"the features to train on (default {DEFAULT_FEATURE_SERVICE})")
     parser.add_argument("--versions", type=_versions, default=None,
@@ -468,6 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.start and args.end and args.start >= args.end:  # refused before a Spark session starts
         parser.error(f"--start {args.start} must be before --end {args.end} (the range is [start, end))")
+    if args.labels == training_sets.FLAG_LABELS:
+        if args.label_delay_days is None or args.label_maturity_days is not None:
+            parser.error("--labels flag needs --label-delay-days (when a flag is known after its transaction, "
+                         "e.g. 30), which is also its maturity: not --label-maturity-days")
+        args.label_maturity_days = args.label_delay_days
+    elif args.label_delay_days is not None:
+        parser.error("--label-delay-days is for --labels flag: a chargeback carries its own arrival time "
+                     "(see --label-maturity-days)")
     cfg = load_config_for_command(args.profile, "train_model")
     try:
         return run(cfg, args)

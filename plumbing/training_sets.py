@@ -38,13 +38,19 @@ Request-time feature
     the stored column of the same name, whose as-of value belongs to the user's previous
     transaction.
 
-Labels (``labelled_transactions``)
-    label = 1 when a chargeback for the transaction arrived less than ``maturity`` after
-    the transaction. Every transaction gets the same observation window, so early and late
-    transactions in the range are labelled alike (a plain "any chargeback so far" would
-    label the last days of a range with fewer chargebacks, and a time-based holdout there
-    would look worse than it is). A transaction is usable only once it is ``maturity``
-    old: the raw history must reach ``end + maturity``, which is checked.
+Labels (``labelled_transactions``), from one of two sources
+    ``chargebacks`` (the default): label = 1 when a chargeback for the transaction arrived
+    less than ``maturity`` after the transaction. Every transaction gets the same
+    observation window, so early and late transactions in the range are labelled alike (a
+    plain "any chargeback so far" would label the last days of a range with fewer
+    chargebacks, and a time-based holdout there would look worse than it is).
+    ``flag``: a fraud flag of the export, landed by ``tessera ingest`` (a mapping's
+    ``fraud_flag:``) in ``<events.history_uri>/fraud_labels/``. A flag carries no time of
+    its own, so the caller states when it is known: ``maturity`` after the transaction
+    ("known 30 days after"). label = 1 when any landed flag of the transaction says fraud.
+    Either way a transaction is usable only once it is ``maturity`` old: the raw history
+    must reach ``end + maturity``, which is checked, so no label is used before it could
+    have been known.
 """
 from __future__ import annotations
 
@@ -58,7 +64,7 @@ from pyspark.sql import functions as F
 
 from plumbing.config import Config
 from plumbing.lake import LakeTable
-from plumbing.raw_events import read_history
+from plumbing.raw_events import _parquet_files, read_history
 from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES, feature_refs
 from transformations.on_demand import amount_to_mean_ratio
@@ -76,6 +82,12 @@ RATIO_TABLE, RATIO_MEAN = "user_transaction_features", "txn_amount_mean_7d"
 # chargebacks arrive 1 + Exp(5) days later: about 70% within 7 days). Real card networks
 # allow months; use a longer maturity where the history allows it.
 DEFAULT_LABEL_MATURITY = timedelta(days=7)
+# The label sources, and where ``tessera ingest`` lands a fraud flag (beside the event types'
+# folders of the history, which the batch job alone reads): one row per landed transaction.
+CHARGEBACK_LABELS, FLAG_LABELS = "chargebacks", "flag"
+LABEL_SOURCES = (CHARGEBACK_LABELS, FLAG_LABELS)
+FRAUD_LABELS = "fraud_labels"
+FRAUD_FLAG_COLUMN = "is_fraud"
 LABELLED_COLUMNS = ["transaction_id", "user_id", "merchant_id", EVENT_TIME, AMOUNT,
                     "currency", "country", "device_id", "channel", LABEL]
 
@@ -294,23 +306,36 @@ def training_set_hash(df: DataFrame) -> str:
 
 # ------------------------------------------------------------------ labels
 def labelled_transactions(spark: SparkSession, cfg: Config, start: datetime, end: datetime,
-                          maturity: timedelta = DEFAULT_LABEL_MATURITY) -> DataFrame:
+                          maturity: timedelta = DEFAULT_LABEL_MATURITY,
+                          source: str = CHARGEBACK_LABELS) -> DataFrame:
     """The valid transactions with ``start <= event_time < end``, labelled (``LABELLED_COLUMNS``).
 
-    ``label`` is 1 when a chargeback for the transaction arrived (its ``event_time``)
-    less than ``maturity`` after the transaction, else 0. Raises ValueError when the raw
-    history ends before ``end + maturity``: the last transactions' chargebacks could not
-    have arrived yet, so their zeros would be unknowns.
+    ``source`` ``chargebacks``: ``label`` is 1 when a chargeback for the transaction
+    arrived (its ``event_time``) less than ``maturity`` after the transaction, else 0.
+    ``flag``: ``label`` is 1 when an ingested fraud flag of the transaction says fraud,
+    the flag being known ``maturity`` after the transaction. Raises ValueError when the raw
+    history ends before ``end + maturity``: the last transactions' labels could not have
+    been known yet, so their zeros would be unknowns; and, for flags, when none was ingested.
     """
+    if source not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {source!r}: one of {', '.join(LABEL_SOURCES)}")
     start, end = as_utc(start), as_utc(end)
     label_cutoff = end + maturity
     _, history_end = history_bounds(spark, cfg)
     if history_end is None or history_end < label_cutoff:
-        raise ValueError(f"labels are not mature: transactions up to {end.isoformat()} need chargebacks up to "
-                         f"{label_cutoff.isoformat()} (maturity {maturity}), but the history ends at "
-                         f"{history_end.isoformat() if history_end else 'nothing'}")
+        known = (f"chargebacks up to {label_cutoff.isoformat()} (maturity {maturity})" if source == CHARGEBACK_LABELS
+                 else f"their flags, known {maturity / timedelta(days=1):g} days after each, up to "
+                      f"{label_cutoff.isoformat()}")
+        raise ValueError(f"labels are not mature: transactions up to {end.isoformat()} need {known}, but the "
+                         f"history ends at {history_end.isoformat() if history_end else 'nothing'}")
 
     transactions = _valid_events(spark, cfg, TRANSACTIONS, start, end, label_cutoff)
+    if source == FLAG_LABELS:
+        flags = (_fraud_flags(spark, cfg, start, end).groupBy("user_id", "transaction_id")
+                 .agg(F.max(F.col(FRAUD_FLAG_COLUMN).cast("int")).alias("flagged")))
+        return (transactions.join(flags, on=["user_id", "transaction_id"], how="left")
+                .select(*[F.col(c) for c in LABELLED_COLUMNS if c != LABEL],
+                        F.coalesce(F.col("flagged"), F.lit(0)).cast("int").alias(LABEL)))
     chargebacks = _valid_events(spark, cfg, CHARGEBACKS, start, label_cutoff, label_cutoff)
     first_arrival = (chargebacks.groupBy(F.col("transaction_id"))
                      .agg(F.min(F.unix_micros(F.col(EVENT_TIME))).alias("chargeback_micros")))
@@ -318,6 +343,20 @@ def labelled_transactions(spark: SparkSession, cfg: Config, start: datetime, end
     return (transactions.join(first_arrival, on="transaction_id", how="left")
             .select(*[F.col(c) for c in LABELLED_COLUMNS if c != LABEL],
                     F.coalesce(in_time, F.lit(False)).cast("int").alias(LABEL)))
+
+
+def _fraud_flags(spark: SparkSession, cfg: Config, start: datetime, end: datetime) -> DataFrame:
+    """The ingested fraud flags of the transactions of [start, end): user_id, transaction_id,
+    is_fraud. A transaction without one is not fraud; none at all is an error (the flags
+    were not ingested, or under another history)."""
+    uri = f"{cfg.events.history_uri.rstrip('/')}/{FRAUD_LABELS}"
+    files = _parquet_files(spark, uri)
+    if not files:
+        raise ValueError(f"no fraud flags under {uri}: ingest the transactions with a mapping that has "
+                         f"fraud_flag: (docs/your_own_events.md), or train with --labels chargebacks")
+    flags = spark.read.option("recursiveFileLookup", "true").parquet(*files)
+    return (flags.where((F.col(EVENT_TIME) >= F.lit(start)) & (F.col(EVENT_TIME) < F.lit(end)))
+            .select("user_id", "transaction_id", FRAUD_FLAG_COLUMN))
 
 
 def history_bounds(spark: SparkSession, cfg: Config) -> tuple[datetime | None, datetime | None]:
@@ -337,9 +376,13 @@ def history_bounds(spark: SparkSession, cfg: Config) -> tuple[datetime | None, d
 
 def _valid_events(spark: SparkSession, cfg: Config, event_type: str,
                   start: datetime, end: datetime, now: datetime) -> DataFrame:
-    """Valid, de-duplicated raw events in [start, end): the batch job's own cleaning."""
+    """Valid, de-duplicated raw events in [start, end): the batch job's own cleaning. (The
+    history also hands over the rows filed under the date folders of the range whatever their
+    time, the end's day included: kept out here, so no transaction of ``end``'s day is
+    labelled before its label is mature.)"""
     checked = cleaning.validate_typed_events(read_history(spark, cfg, event_type, start, end), event_type, now=now)
     valid, _ = cleaning.split_valid(checked)
+    valid = valid.where((F.col(EVENT_TIME) >= F.lit(start)) & (F.col(EVENT_TIME) < F.lit(end)))
     return cleaning.drop_duplicate_events(valid, EVENT_ENTITY_COLUMNS[event_type], EVENT_ID_COLUMNS[event_type])
 
 

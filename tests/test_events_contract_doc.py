@@ -48,3 +48,21 @@ def test_the_reasons_are_cleanings_in_its_order():
     reasons = [row[0].strip("`").split(":")[0] for row in table]
     first = (cleaning.OVERSIZE, *[kind for kind in cleaning.REJECT_KINDS if kind != cleaning.OVERSIZE])
     assert tuple(reasons) == first  # oversize is checked first; the rest in REJECT_KINDS order
+
+
+def test_the_defaults_of_columns_an_export_lacks_are_ingests():
+    """Every built-in default of `tessera ingest` (jobs.ingest_mapping.DEFAULTS) is in the
+    page's table, for its event type, and the table lists no other."""
+    from jobs.ingest_mapping import DEFAULTS
+
+    match = re.search(r"(?ms)^### Columns an export lacks\n(.*?)(?=^#)", PAGE)
+    assert match, "no section '### Columns an export lacks'"
+    documented = set()
+    for event_types, columns, default, *_ in _table_rows(match.group(1)):
+        value = default.split(" ")[0].strip("`")
+        if value.startswith(("null", "none")):
+            continue
+        documented |= {(event_type.strip(), column.strip(" `"), value)
+                       for event_type in event_types.split(",") for column in columns.split(",")}
+    assert documented == {(event_type, column, value) for event_type, defaults in DEFAULTS.items()
+                          for column, value in defaults.items()}

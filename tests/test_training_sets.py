@@ -18,6 +18,9 @@ from pyspark.sql.pandas.types import to_arrow_schema
 import feature_repo
 from plumbing.config import load_config
 from plumbing.training_sets import (
+    FLAG_LABELS,
+    FRAUD_FLAG_COLUMN,
+    FRAUD_LABELS,
     REQUEST_RATIO,
     build_training_set,
     labelled_transactions,
@@ -226,3 +229,32 @@ def test_labels_count_chargebacks_arriving_within_the_maturity(spark, tmp_path):
     labelled_transactions(spark, cfg, start, datetime(2026, 1, 8), maturity=3 * DAY)
     with pytest.raises(ValueError, match="labels are not mature"):
         labelled_transactions(spark, cfg, start, datetime(2026, 1, 9), maturity=3 * DAY)
+
+
+def test_labels_from_an_ingested_fraud_flag_known_after_the_stated_delay(spark, tmp_path):
+    """The flag source: a transaction is fraud when a landed flag of it says so (a replayed
+    flag counts once, a transaction without one is not fraud); the flag is known ``maturity``
+    after the transaction, so the history must reach ``end + maturity``; no flags at all is
+    an error naming the fix."""
+    cfg = _cfg(tmp_path)
+    day1 = datetime(2026, 1, 1, 10, tzinfo=timezone.utc)
+    transactions = [(tid, user, "m1", 20.0, "EUR", "DE", "d1", "web", day1 + offset * DAY)
+                    for tid, user, offset in [("t1", "u1", 0), ("t2", "u1", 1), ("t3", "u2", 1), ("t4", "u2", 2),
+                                              ("late", "u1", 9)]]
+    _write_history(cfg, transactions, [])
+    with pytest.raises(ValueError, match="no fraud flags under .*fraud_labels: ingest the transactions with a "
+                                         "mapping that has fraud_flag:"):
+        labelled_transactions(spark, cfg, datetime(2026, 1, 1), datetime(2026, 1, 4), 5 * DAY, source=FLAG_LABELS)
+    folder = f"{cfg.events.history_uri}/{FRAUD_LABELS}/date=2026-01-01"
+    os.makedirs(folder)
+    flags = [("t1", "u1", True), ("t2", "u1", False), ("t2", "u1", True),  # t2 flagged by a later import too
+             ("t3", "u1", True)]  # another user's t3: not u2's
+    pq.write_table(pa.Table.from_pylist([{"transaction_id": t, "user_id": u, "event_time": day1, FRAUD_FLAG_COLUMN: f}
+                                         for t, u, f in flags]), f"{folder}/ingest-x-000.parquet")
+    labels = labelled_transactions(spark, cfg, datetime(2026, 1, 1), datetime(2026, 1, 4), 5 * DAY,
+                                   source=FLAG_LABELS)
+    assert {row["transaction_id"]: row["label"] for row in labels.collect()} == {"t1": 1, "t2": 1, "t3": 0, "t4": 0}
+    # The history ends 2026-01-11: flags known 5 days after the transaction are all known for
+    # transactions before 2026-01-06, not for those of 2026-01-06.
+    with pytest.raises(ValueError, match="labels are not mature: .* need their flags, known 5 days"):
+        labelled_transactions(spark, cfg, datetime(2026, 1, 1), datetime(2026, 1, 7), 5 * DAY, source=FLAG_LABELS)
