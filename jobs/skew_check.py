@@ -29,6 +29,7 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from mlflow.entities import Run
 from pyspark.sql import SparkSession
 
 from jobs import train_model
@@ -142,6 +143,26 @@ def record(cfg: Config, report: SkewReport, start: datetime, end: datetime, max_
         figure = feature_stats.plot(report.features, {stats.feature: stats for stats in report.features})
         mlflow.log_figure(figure, "skew.png")
         return active.info.run_id
+
+
+def recorded(cfg: Config, model_name: str = train_model.MODEL_NAME) -> tuple[Run, SkewReport] | None:
+    """The newest finished skew check of ``model_name`` as ``record`` kept it: its run (the
+    period and limit are its params ``start``, ``end``, ``max_psi``) and the report rebuilt from
+    ``skew.json``, without Spark; None when none was recorded."""
+    tracking.configure_tracking(cfg)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(SKEW_EXPERIMENT)
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], filter_string=f"params.model = '{model_name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run = runs[0]
+    kept = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/skew.json")
+    report = SkewReport(run.data.params["model"], run.data.params["model_version"],
+                        int(run.data.metrics["served_rows"]), int(run.data.metrics["training_rows"]),
+                        feature_stats.from_json(kept["features"]), kept["unavailable_share"], kept["over"])
+    return run, report
 
 
 def build_parser() -> argparse.ArgumentParser:

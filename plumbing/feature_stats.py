@@ -241,6 +241,16 @@ def as_json(statistics: Sequence[FeatureStatistics]) -> list[dict]:
             for stats in statistics]
 
 
+def from_json(rows: Sequence[dict]) -> list[FeatureStatistics]:
+    """The statistics ``as_json`` wrote (a run's ``feature_statistics.json`` or ``skew.json``);
+    keys it does not know are left out."""
+    names = {name.name for name in fields(FeatureStatistics)}
+    return [FeatureStatistics(**{key: value for key, value in row.items() if key in names and key != "computed_at"},
+                              computed_at=datetime.fromisoformat(row["computed_at"]) if row.get("computed_at")
+                              else None)
+            for row in rows]
+
+
 def plot(statistics: Sequence[FeatureStatistics], reference: dict[str, FeatureStatistics] | None = None):
     """One panel per feature: its equal-frequency histogram (density between the deciles),
     and the reference version's as a line; the title gives the PSI."""
