@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
 import redis
@@ -44,11 +45,23 @@ def async_redis_client(settings: RedisSettings) -> redis.asyncio.Redis | RedisCl
     # redis-py: its default backs off for seconds when Redis is down, where the API must
     # answer 503 at once; _round_trip retries a stale connection itself, once.
     if settings.cluster:
-        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in settings.nodes],
-                            **settings.client_options(), socket_connect_timeout=5, socket_timeout=None,
-                            health_check_interval=30, retry=Retry(NoBackoff(), 1))
+        return _ApiClusterClient(startup_nodes=[ClusterNode(host, port) for host, port in settings.nodes],
+                                 **settings.client_options(), socket_connect_timeout=5, socket_timeout=None,
+                                 health_check_interval=30, retry=Retry(NoBackoff(), 1))
     return redis.asyncio.Redis(**settings.client_options(), socket_connect_timeout=5, socket_timeout=None,
                                health_check_interval=30, retry=Retry(NoBackoff(), 0))
+
+
+class _ApiClusterClient(RedisCluster):
+    """redis.asyncio's RedisCluster, but no node reachable is a redis.RedisError (as with
+    one Redis): redis-py raises a RedisClusterException, which the API's handlers (503,
+    /readyz's check) would not take for Redis being down."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as error:
+            raise ClusterDownError(f"no node of the Redis Cluster answered: {error}") from error
 
 
 async def read_rows(client: redis.asyncio.Redis | RedisCluster, reader: OnlineStoreReader,

@@ -178,3 +178,31 @@ def test_an_older_row_never_replaces_a_newer_one(cfg, project):
     assert (moved.written, moved.skipped_older) == (len(users), len(users)) and stored() == {9}
     key = redis_key("user_id", users[0], project)
     assert client.pexpiretime(key) > int((NOW + timedelta(minutes=1)).timestamp() * 1000)
+
+
+def test_the_api_reader_says_redis_is_down_then_recovers_by_itself(cfg, project):
+    """Every master stopped: a read fails at once with a redis.RedisError (the API's 503)
+    and /readyz's ping too; once the cluster is back, the same client reads again."""
+    reader = OnlineStoreReader(cfg, project=project)
+    refs = [f"{ACTIVITY.name}:logins_1h"]
+    entity_rows = [{"user_id": f"order-{i}"} for i in range(10)]
+
+    async def read(client):
+        return await online.read_rows(client, reader, reader.plan(refs), entity_rows, datetime.now(timezone.utc), 10.0)
+
+    async def outage():
+        client = online.async_redis_client(RedisSettings.from_config(cfg))
+        try:
+            assert len(await read(client)) == len(entity_rows)
+            services.down(cfg, only=["redis"])
+            with pytest.raises(redis.RedisError):
+                await read(client)
+            with pytest.raises(redis.RedisError):
+                await client.ping()
+            services.up(cfg, only=["redis"])
+            rows = await read(client)
+            assert {row[0].status for row in rows} == {PRESENT}  # written by the test before
+        finally:
+            await client.aclose()
+
+    anyio.run(outage)
