@@ -123,8 +123,9 @@ def report(results: list[dict], meta: dict) -> str:
              "| file | rows | wall | rows/s | peak RSS (tree) | of which the JVM |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['file_mb']:,.0f} MB | {r['rows_read']:,} | {r['wall_s']:.0f} s | {r['rows_per_s']:,} | "
-              f"{r['peak_rss_mb']:,} MB | {r['peak_jvm_rss_mb']:,} MB |" for r in results]
-    if len(results) > 1:
+              f"{r['peak_rss_mb']:,} MB | {r['peak_jvm_rss_mb']:,} MB |" if "failed" not in r else
+              f"| {r['file_mb']:,.0f} MB | {r['rows_read']:,} | failed: {r['failed']} | | | |" for r in results]
+    if len(results) > 1 and not any("failed" in r for r in results):
         small, large = results[0], results[-1]
         lines += ["", f"{large['file_mb'] / small['file_mb']:.1f}x the file, "
                       f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x the peak RSS: the file streams through "
@@ -160,7 +161,12 @@ def main() -> int:
             rows = write_export(path, size, bodies)
             print(f"wrote {path} ({path.stat().st_size / 2**20:,.0f} MB, {rows:,} rows) in "
                   f"{time.monotonic() - began:.0f} s; ingesting ...", flush=True)
-            result = {"file_mb": round(path.stat().st_size / 2**20, 1), **run_ingest(path, work)}
+            file_mb = round(path.stat().st_size / 2**20, 1)
+            try:
+                result = {"file_mb": file_mb, **run_ingest(path, work)}
+            except RuntimeError as error:  # recorded: a size that does not go through is a result too
+                print(error, file=sys.stderr, flush=True)
+                result = {"file_mb": file_mb, "rows_read": rows, "failed": str(error).splitlines()[-1]}
             print(json.dumps(result), flush=True)
             results.append(result)
             _write_results(results, meta)  # after each size: a later failure keeps the earlier figures
