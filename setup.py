@@ -57,7 +57,10 @@ setup(
                 # Drives the OS's Chromium (jobs/screenshots.py, tests/test_pages.py); no browser download.
                 "playwright==1.65.2",
                 # The linters .ci/run runs (scripts/lint.sh; configuration in pyproject.toml).
-                "ruff==0.17.6", "mypy==2.4.1"],
+                "ruff==0.17.6", "mypy==2.4.1",
+                # The installer scripts/setup.sh runs: it installs this version first (with pip, from
+                # requirements.lock's hashes), then the lock with it; it regenerates the lock too.
+                "uv==0.13.9"],
     },
     entry_points={"console_scripts": ["tessera=jobs.cli:main"]},
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -82,25 +83,76 @@ def both_profiles_session_cfg(local_cfg: Config, s3_cfg: Config) -> Config:
     return local_cfg.model_copy(update={"spark": spark_cfg})
 
 
+# The unit tests' DataFrames hold a few rows each, in many different plans: Spark's machinery
+# for large data only costs them time. For a run of the unit tier alone (unit_session_cfg):
+UNIT_SPARK_CONF = {
+    # Each plan's operators and expressions are interpreted, not compiled to Java and then by
+    # Janino (whole-stage code generation, and the generated projections and predicates
+    # otherwise used outside it): on a few rows, compiling cost far more than it saved.
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    # Adaptive execution re-plans after each shuffle: one partition of a few rows gains nothing.
+    "spark.sql.adaptive.enabled": "false",
+}
+
+
 def unit_session_cfg(local_cfg: Config) -> Config:
     """The local profile's session for a run of the unit tier alone: one partition per
     shuffle and per local collection, since the unit tests' DataFrames hold a few rows and
     each further task costs its scheduling (measured on 2 cores, 247 unit tests: 135-138 s
-    with the profile's 4, 97-104 s with 1). No S3 class path either (no unit test reaches
-    S3), which measured no difference on its own."""
-    spark_cfg = local_cfg.spark.model_copy(update={"shuffle_partitions": 1})
+    with the profile's 4, 97-104 s with 1), and ``UNIT_SPARK_CONF``. No S3 class path
+    either (no unit test reaches S3), which measured no difference on its own.
+
+    Only for the unit tier alone: the integration and e2e tests run the jobs on more data
+    (the batch job's history, the stream's micro-batches), where code generation and
+    adaptive execution pay, and the session of a whole run is the jobs' own settings."""
+    spark_cfg = local_cfg.spark.model_copy(update={"shuffle_partitions": 1,
+                                                   "extra_conf": {**local_cfg.spark.extra_conf,
+                                                                  **UNIT_SPARK_CONF}})
     return local_cfg.model_copy(update={"spark": spark_cfg})
+
+
+# `make test-fast` (`-m unit`, no path given): the unit tier's Spark session starts in a
+# thread while pytest imports the test modules (feast, mlflow, Great Expectations: ~15 s of
+# one core, all modules are imported whatever -m selects), so the JVM's start (~10 s, on
+# the other core) is no longer waited for after the collection.
+_early_session: dict[str, Future] = {}
+
+
+def _whole_unit_tier(config) -> bool:
+    return (config.getoption("markexpr") == "unit"
+            and config.args_source == pytest.Config.ArgsSource.TESTPATHS)
+
+
+def pytest_sessionstart(session) -> None:
+    if _whole_unit_tier(session.config):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unit-spark-session")
+        _early_session["spark"] = pool.submit(get_spark, unit_session_cfg(load_config("local")), "tests")
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+
+def pytest_sessionfinish(session) -> None:
+    """Stops the early session when no test took it (--collect-only, no test selected)."""
+    future = _early_session.pop("spark", None)
+    if future is not None and future.exception() is None:
+        future.result().stop()
 
 
 @pytest.fixture(scope="session")
 def spark(request, local_cfg, s3_cfg):
-    """One session for the whole run. A run of unit tests only gets ``unit_session_cfg``;
-    any other run (``make test`` included, its unit tier too) the profile's partitions and
-    both profiles' class paths."""
+    """One session for the whole run. A run of unit tests only gets ``unit_session_cfg``
+    (started early for the whole tier: ``pytest_sessionstart``); any other run (``make
+    test`` included, its unit tier too) the profile's partitions and both profiles' class
+    paths."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    unit_only = all(item.get_closest_marker("unit") for item in request.session.items)
-    cfg = unit_session_cfg(local_cfg) if unit_only else both_profiles_session_cfg(local_cfg, s3_cfg)
-    session = get_spark(cfg, "tests")
+    early = _early_session.pop("spark", None)
+    if early is not None:
+        session = early.result()  # its exception, if it failed to start
+    else:
+        unit_only = all(item.get_closest_marker("unit") for item in request.session.items)
+        cfg = unit_session_cfg(local_cfg) if unit_only else both_profiles_session_cfg(local_cfg, s3_cfg)
+        session = get_spark(cfg, "tests")
     yield session
     session.stop()
 
