@@ -49,7 +49,7 @@ from plumbing.event_tables import (
     dead_letter_table,
 )
 from plumbing.lake import LakeTable
-from plumbing.raw_events import SOURCE_DATE, read_history
+from plumbing.raw_events import SOURCE_DATE, has_history, read_history
 from plumbing.spark import get_spark
 from transformations import cleaning
 from transformations.catalog import FEATURE_TABLES, definitions_hash
@@ -64,6 +64,10 @@ LOOKBACK = max(table.ttl for table in FEATURE_TABLES.values())
 # Above this share of malformed input rows the input itself is suspect: stop.
 DEFAULT_MAX_REJECT_FRACTION = 0.05
 RAW_EVENTS_RUN_PREFIX = "raw_events."
+
+
+class NoHistory(Exception):
+    """No history at all of an event type every chosen table needs."""
 
 
 class ValidationFailed(Exception):
@@ -243,6 +247,17 @@ def run(cfg: Config, start: date, end: date, tables: list[str] | None = None, no
 
     needed = sorted({event_type for table in chosen for event_type in table.sources},
                     key=EVENT_TYPES.index)
+    # An event type without any history (an export without activity, no chargebacks): the
+    # tables that need it are skipped, said once; the others compute.
+    absent = [event_type for event_type in needed if not has_history(spark, cfg, event_type)]
+    for event_type in absent:
+        skipped = [table.name for table in chosen if event_type in table.sources]
+        print(f"batch-features: no {event_type} history under {cfg.events.history_uri}: skipping "
+              f"{', '.join(skipped)}", flush=True)
+    chosen = [table for table in chosen if not set(table.sources) & set(absent)]
+    needed = [event_type for event_type in needed if event_type not in absent]
+    if not chosen:
+        raise NoHistory(f"no history of {', '.join(absent)} under {cfg.events.history_uri}: nothing to compute")
     print(f"batch-features [{start}, {end}) profile={cfg.profile}: reading {', '.join(needed)}", flush=True)
     sources = {event_type: read_valid_events(spark, cfg, event_type, start, end, now, max_reject_fraction)
                .persist(StorageLevel.MEMORY_AND_DISK)
@@ -293,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationFailed as exc:
         print(f"batch_features: validation failed, nothing published: {exc}", file=sys.stderr)
         return 1
+    except NoHistory as exc:
+        print(f"batch_features: {exc}", file=sys.stderr)
+        return 2
     print(f"batch-features done in {time.monotonic() - started:.0f}s; MLflow: {cfg.mlflow.tracking_uri}")
     for result in results:
         state = f"published as version {result.delta_version}" if result.published else "NOT published"

@@ -39,6 +39,12 @@ def history_uri(cfg: Config, event_type: str) -> str:
     return f"{cfg.events.history_uri.rstrip('/')}/{event_type}"
 
 
+
+def has_history(spark: SparkSession, cfg: Config, event_type: str) -> bool:
+    """Whether there is any history of ``event_type`` at all: a Delta table or a Parquet file."""
+    uri = history_uri(cfg, event_type)
+    return LakeTable(uri, cfg.storage_options(uri), time_column=EVENT_TIME).exists() or bool(_parquet_files(spark, uri))
+
 def read_history(spark: SparkSession, cfg: Config, event_type: str,
                  start: datetime | None = None, end: datetime | None = None) -> DataFrame:
     """The raw events of ``event_type`` with ``start <= event_time < end`` (either optional),

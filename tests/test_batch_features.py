@@ -161,3 +161,15 @@ def test_a_reversed_range_is_a_usage_error_not_a_traceback(capsys):
         batch_features.main(["--start", "2026-12-03", "--end", "2026-11-01"])
     assert exit_info.value.code == 2
     assert "--start 2026-12-03 must be before --end 2026-11-01" in capsys.readouterr().err
+
+
+def test_no_history_of_any_needed_event_type_is_a_clear_error(local_services, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TESSERA__LAKE__ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("TESSERA__EVENTS__HISTORY_URI", str(tmp_path / "empty-history"))
+    code = batch_features.main(["--profile", "local", "--start", START.isoformat(), "--end", END.isoformat(),
+                                "--tables", "user_activity_features", "--now", NOW.isoformat(), "--no-online"])
+    printed = capsys.readouterr()
+    assert code == 2, printed.err[-3000:]
+    assert "skipping user_activity_features" in printed.out
+    assert "no history of activity" in printed.err
+    assert not (tmp_path / "lake").exists()

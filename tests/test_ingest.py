@@ -335,11 +335,13 @@ def test_the_worked_example_ingest_batch_features_and_train_from_the_fraud_flag(
     code, out = _main(cfg, ["transactions", export, "--mapping", str(MAPPING)], capsys)
     assert code == 0, out.err
     assert "rows rejected 0" in out.out
-    # Until the batch job skips an event type without history by itself: the one table of the export.
+    # No activity history: its table is skipped, said once, and the transactions' table computes.
     code = batch_features.main(["--profile", "local", "--start", WORKED_START, "--end", "2026-03-30",
                                 "--now", "2026-03-30T00:00:00+00:00", "--no-online",
-                                "--tables", "user_transaction_features"])
-    assert code == 0, capsys.readouterr().err
+                                "--tables", "user_transaction_features,user_activity_features"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert printed.out.count("no activity history") == 1 and "skipping user_activity_features" in printed.out
     features = (LakeTable.for_config(cfg, "user_transaction_features", time_column="event_timestamp").read(spark)
                 .where(F.col("user_id").isin("4111111111111111", "5500000000000004"))
                 .withColumn("at", F.date_format("event_timestamp", "yyyy-MM-dd HH:mm:ss")))
