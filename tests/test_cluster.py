@@ -1,5 +1,5 @@
-"""The jobs on a Spark standalone cluster (a master and two workers started from the pyspark
-install on loopback) give what they give on ``local[*]``: the batch job's feature tables and
+"""The jobs on a Spark standalone cluster (a master and a worker of two cores started from the
+pyspark install on loopback) give what they give on ``local[*]``: the batch job's feature tables and
 a short stream's bronze rows and online values, on the ``s3`` profile (s3a, Kafka, Redis).
 
 This is what "runs on a cluster" means for the project (docs/production.md): executors in
@@ -38,7 +38,10 @@ TIMEOUT_S = 900
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1,
+    # One worker of two cores: the executor is still a JVM of its own, reached over the
+    # network, with the shipped jars and s3a; a second worker would only add a JVM to start
+    # and warm on a 2-core machine.
+    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster"), workers=1, cores=2,
                             java_options=TEST_JVM_OPTIONS) as url:
         yield url
 
