@@ -53,6 +53,7 @@ setup(
         # Tests, benchmarks, notebooks, page checks and linters (make setup installs them).
         "dev": ["pytest>=9", "pytest-timeout>=2.3", "chispa>=0.12", "duckdb>=2.0", "psutil>=7",
                 "httpx>=0.28",  # FastAPI's TestClient
+                "cryptography>=44",  # tests/test_redis_tls.py: a throwaway CA and server certificate
                 "schemathesis==4.32.5", "hypothesis>=6.170", "nbclient>=0.11", "nbformat>=5.11", "ipykernel>=7.4",
                 # Drives the OS's Chromium (jobs/screenshots.py, tests/test_pages.py); no browser download.
                 "playwright==1.65.2",
