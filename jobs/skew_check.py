@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import mlflow
@@ -58,6 +58,8 @@ class SkewReport:
     features: list[FeatureStatistics]   # served, with drift against training; the score last
     unavailable_share: dict[str, float]  # feature -> share of served values missing or expired
     over: list[str]                      # features (or the score) above the PSI limit
+    # feature -> its statistics on the champion's training set (the reference of ``features``)
+    training: dict[str, FeatureStatistics] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         worst = max(self.features, key=lambda stats: stats.psi or 0.0)
@@ -125,7 +127,8 @@ def run(cfg: Config, start: datetime, end: datetime, max_psi: float, model_name:
     compared = feature_stats.compute(spark.createDataFrame(pa.table(served_columns)), "served_features", names,
                                      reference)
     over = [stats.feature for stats in compared if (stats.psi or 0.0) > max_psi]
-    return SkewReport(model_name, str(version.version), served.num_rows, len(frame), compared, unavailable, over)
+    return SkewReport(model_name, str(version.version), served.num_rows, len(frame), compared, unavailable, over,
+                      reference)
 
 
 def record(cfg: Config, report: SkewReport, start: datetime, end: datetime, max_psi: float) -> str:
@@ -139,8 +142,10 @@ def record(cfg: Config, report: SkewReport, start: datetime, end: datetime, max_
                             **{f"psi.{stats.feature}": stats.psi or 0.0 for stats in report.features},
                             **{f"unavailable.{name}": share for name, share in report.unavailable_share.items()}})
         mlflow.log_dict({"features": feature_stats.as_json(report.features),
+                         "training": feature_stats.as_json(list(report.training.values())),
                          "unavailable_share": report.unavailable_share, "over": report.over}, "skew.json")
-        figure = feature_stats.plot(report.features, {stats.feature: stats for stats in report.features})
+        # Served (bars) over training (the outline): where they part is the skew.
+        figure = feature_stats.plot(report.features, report.training)
         mlflow.log_figure(figure, "skew.png")
         return active.info.run_id
 
@@ -161,7 +166,8 @@ def recorded(cfg: Config, model_name: str = train_model.MODEL_NAME) -> tuple[Run
     kept = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/skew.json")
     report = SkewReport(run.data.params["model"], run.data.params["model_version"],
                         int(run.data.metrics["served_rows"]), int(run.data.metrics["training_rows"]),
-                        feature_stats.from_json(kept["features"]), kept["unavailable_share"], kept["over"])
+                        feature_stats.from_json(kept["features"]), kept["unavailable_share"], kept["over"],
+                        {stats.feature: stats for stats in feature_stats.from_json(kept.get("training", []))})
     return run, report
 
 

@@ -245,3 +245,8 @@ def test_skew_check_passes_served_rows_like_training_and_names_the_shifted_featu
     assert shifted.over and {name for name in shifted.over if name != skew_check.SCORE} <= {
         column for column in shifted.unavailable_share if "amount" in column}
     assert skew_check.record(lake, shifted, now, now, 0.25)
+    # What was recorded reads back whole, the training side (the plot's outline) included.
+    _, kept = skew_check.recorded(lake, model_name)
+    assert kept.over == shifted.over
+    assert set(kept.training) == {stats.feature for stats in shifted.features}
+    assert all(kept.training[stats.feature].edges == stats.edges for stats in shifted.training.values())
