@@ -19,7 +19,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import great_expectations as gx
 import mlflow
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # Counts plus up to 20 example values per expectation; "COMPLETE" would collect every
 # unexpected row to the driver.
-RESULT_FORMAT: Final = "BASIC"
+RESULT_FORMAT: Final[Literal["BASIC"]] = "BASIC"
 EXAMPLES_IN_MESSAGE = 5
 DATA_DOCS_SITE = "tessera"
 
@@ -97,7 +97,8 @@ def validate(df: DataFrame, suite: gx.ExpectationSuite) -> ValidationOutcome:
     return outcome
 
 
-def _run(df: DataFrame, suite: gx.ExpectationSuite, result_format: str) -> ValidationOutcome:
+def _run(df: DataFrame, suite: gx.ExpectationSuite,
+         result_format: Literal["BOOLEAN_ONLY", "BASIC"]) -> ValidationOutcome:
     """One validation of ``df`` in a context of its own (its data docs show this run only)."""
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm bars in job logs
